@@ -1,0 +1,176 @@
+"""Rendering: cell graphs of real published DARTS genotypes, the TMICS macro graph, files on disk."""
+
+import logging
+import shutil
+from pathlib import Path
+
+import graphviz
+import matplotlib.image as mpimg
+import pytest
+
+from nas_restore import render
+from nas_restore.genotype import CellGenotype, Edge, Genotype, parse_darts_genotypes
+
+DATA = Path(__file__).parent / "data" / "darts_genotypes.txt"
+HAS_DOT = shutil.which("dot") is not None
+needs_dot = pytest.mark.skipif(not HAS_DOT, reason="Graphviz 'dot' is not installed")
+
+# (name, cell) -> (nodes, op edges, concat edges)
+EXPECTED = {
+    **{(name, cell): (7, 8, 4) for name in ("DARTS_V1", "DARTS_V2", "PC_DARTS_cifar", "PC_DARTS_image", "PDARTS")
+       for cell in ("normal", "reduce")},
+    ("NASNet", "normal"): (8, 10, 5),
+    ("NASNet", "reduce"): (8, 10, 3),
+    ("AmoebaNet", "normal"): (8, 10, 3),
+    ("AmoebaNet", "reduce"): (8, 10, 3),
+}
+
+
+@pytest.fixture(scope="module")
+def darts():
+    """The CNN genotypes of the data file (the RNN section reuses the names DARTS_V1/V2: left out)."""
+    text = DATA.read_text()
+    cnn_text = text.split("# SOURCE 1b")[0] + text.split("# SOURCE 2:")[1]
+    found = parse_darts_genotypes(cnn_text)
+    assert set(found) == {"NASNet", "AmoebaNet", "DARTS_V1", "DARTS_V2", "PC_DARTS_cifar", "PC_DARTS_image", "PDARTS"}
+    return found
+
+
+def _tmics(alignment="tgm", cells_per_branch=4):
+    heavy = ["Residualblocks_5_1", "SPAattention_3", "ECAattention_3", "Residualblocks_3_1"]
+    light = ["Residualblocks_5_1", "SPAattention_3", "DilConv_3_2", "ECAattention_3"]
+
+    def chain(ops):
+        return CellGenotype(nodes=[[Edge(op, i) for i, op in enumerate(ops)]], concat=[], kind="chain", n_inputs=1)
+
+    return Genotype(space="tmics", cells={"dna": chain(heavy), "cna": chain(light)}, macro={"alignment": alignment},
+                    space_config={"channels": 96, "frames": 5, "cells_per_branch": cells_per_branch},
+                    fusion={"type": "aas", "mode": "channel"})
+
+
+def _counts(graph):
+    ops = [d["op"] for *_, d in graph.edges(data=True)]
+    return graph.number_of_nodes(), sum(op != "concat" for op in ops), ops.count("concat")
+
+
+@pytest.mark.parametrize("name,cell", sorted(EXPECTED))
+def test_published_cell_graph_counts(darts, name, cell):
+    graph = render.cell_graph(darts[name].cells[cell])
+    assert _counts(graph) == EXPECTED[(name, cell)]
+    kinds = [d["kind"] for _, d in graph.nodes(data=True)]
+    assert kinds.count("input") == 2 and kinds.count("output") == 1
+    assert set(graph.predecessors("c_{k}")) == {str(c - 2) for c in darts[name].cells[cell].concat}
+
+
+def test_cell_graph_edges_match_the_genotype(darts):
+    normal = render.cell_graph(darts["DARTS_V2"].cells["normal"])
+    assert normal.nodes["c_{k-2}"]["kind"] == "input" and normal.nodes["2"]["kind"] == "intermediate"
+    assert [d["op"] for d in normal.get_edge_data("0", "3").values()] == ["dil_conv_3x3"]
+    assert [d["op"] for d in normal.get_edge_data("c_{k-2}", "3").values()] == ["skip_connect"]
+    # two edges between the same pair of nodes stay two edges (hence a MultiDiGraph)
+    amoeba = render.cell_graph(darts["AmoebaNet"].cells["normal"])
+    assert sorted(d["op"] for d in amoeba.get_edge_data("c_{k-1}", "3").values()) == ["sep_conv_3x3",
+                                                                                    "skip_connect"]
+    assert sorted(amoeba.predecessors("c_{k}")) == ["2", "3", "4"]
+
+
+def test_chain_cell_and_single_input():
+    graph = render.cell_graph(_tmics().cells["dna"])
+    assert list(graph.successors("c_{k-1}")) == ["0", "c_{k}"]
+    path = ["c_{k-1}", "0", "1", "2", "3"]
+    assert [graph.get_edge_data(a, b)[0]["op"] for a, b in zip(path, path[1:])] == _tmics().cells["dna"].ops
+    assert graph.get_edge_data("c_{k-1}", "c_{k}")[0]["op"] == "residual"
+    one = CellGenotype(nodes=[[Edge("SepConv_3", 0)], [Edge("skip_connect", 1), Edge("none", 0)]], concat=[1, 2],
+                       n_inputs=1)
+    graph = render.cell_graph(one)
+    assert [n for n, d in graph.nodes(data=True) if d["kind"] == "input"] == ["c_{k-1}"]
+    assert _counts(graph) == (4, 3, 2)
+
+
+def test_bad_cell_input_is_a_clear_error():
+    bad = CellGenotype(nodes=[[Edge("SepConv_3", 0), Edge("SepConv_3", 2)]], concat=[2])
+    with pytest.raises(ValueError, match="node 0 .* input 2"):
+        render.cell_graph(bad)
+
+
+def test_tmics_macro_graph():
+    graph = render.macro_graph(_tmics("ofm", cells_per_branch=3))
+    expected = {"frames", "alignment", "rain_streak", "dna_1", "dna_2", "dna_3", "cna_1", "cna_2", "cna_3",
+                "aas", "output"}
+    assert set(graph.nodes) == expected
+    assert "OFM" in graph.nodes["alignment"]["label"]
+    assert "TGM" in render.macro_graph(_tmics("tgm")).nodes["alignment"]["label"]
+    assert "no alignment" in render.macro_graph(_tmics("none")).nodes["alignment"]["label"]
+    with pytest.raises(ValueError, match="cells_per_branch"):
+        render.macro_graph(_tmics(cells_per_branch=0))
+    assert graph.has_edge("rain_streak", "dna_1") and graph.has_edge("dna_3", "aas")
+    assert graph.has_edge("cna_3", "aas") and graph.has_edge("aas", "output")
+    assert not graph.has_edge("rain_streak", "cna_1")  # the rain estimate guides DNA only
+
+
+def test_no_macro_graph_for_darts(darts):
+    with pytest.raises(ValueError, match="no macro structure"):
+        render.macro_graph(darts["DARTS_V2"])
+
+
+@needs_dot
+def test_render_all_published_genotypes(darts, tmp_path):
+    for name, genotype in darts.items():
+        out = tmp_path / name
+        full = name == "NASNet"  # PNGs and the overview cost ~1 s per genotype: once is enough
+        result = render.render_genotype(genotype, out, formats=("svg", "png") if full else ("svg",), overview=full)
+        assert result.dot_available
+        for cell in ("normal", "reduce"):
+            source = (out / f"cell_{cell}.gv").read_text()
+            assert all(edge.op in source for node in genotype.cells[cell].nodes for edge in node)
+            assert "rankdir=LR" in source and "Legend" in source
+            assert (out / f"cell_{cell}.svg").read_text().lstrip().startswith("<?xml")
+        assert ((out / "overview.png") in result.paths) == full
+        assert not (out / "network.gv").exists()
+    image = mpimg.imread(tmp_path / "NASNet" / "cell_normal.png")
+    assert image.shape[0] > 300 and image.shape[1] > 600
+    assert mpimg.imread(tmp_path / "NASNet" / "overview.png").shape[1] > image.shape[1]
+
+
+@needs_dot
+def test_render_tmics_writes_cells_network_and_overview(tmp_path):
+    result = render.render_genotype(_tmics(), tmp_path, formats=("png",))
+    names = {p.name for p in result.paths}
+    assert names == {"cell_dna.gv", "cell_dna.png", "cell_cna.gv", "cell_cna.png", "network.gv", "network.png",
+                     "overview.png"}
+    assert all(p.stat().st_size > 0 for p in result.paths)
+    network = (tmp_path / "network.gv").read_text()
+    assert "TGM" in network and "DNA 4" in network and "CNA 4" in network
+    assert "DilConv_3_2" in (tmp_path / "cell_cna.gv").read_text()
+
+
+def test_fallback_without_dot(monkeypatch, tmp_path, caplog):
+    monkeypatch.setattr(render.shutil, "which", lambda name: None)
+    with caplog.at_level(logging.WARNING, logger="nas_restore.render"):
+        result = render.render_genotype(_tmics(), tmp_path)
+    assert not result.dot_available
+    assert any("Graphviz 'dot' not found" in m and "apt-get install graphviz" in m for m in result.messages)
+    assert "Graphviz 'dot' not found" in caplog.text
+    for stem in ("cell_dna", "cell_cna", "network"):
+        assert "digraph" in (tmp_path / f"{stem}.gv").read_text()
+        assert mpimg.imread(tmp_path / f"{stem}.png").shape[0] > 100
+        assert (tmp_path / f"{stem}.svg").read_text().lstrip().startswith("<?xml")
+    assert mpimg.imread(tmp_path / "overview.png").shape[1] > 500
+
+
+def test_fallback_when_dot_fails_to_run(darts, monkeypatch, tmp_path):
+    """``dot`` on PATH but not runnable (graphviz.ExecutableNotFound): same fallback."""
+    def missing(self, *args, **kwargs):
+        raise graphviz.ExecutableNotFound(["dot"])
+
+    monkeypatch.setattr(graphviz.Digraph, "pipe", missing)
+    result = render.render_genotype(darts["AmoebaNet"], tmp_path, formats=("png",), use_dot=True)
+    assert not result.dot_available and render.NO_DOT_MESSAGE in result.messages
+    assert {p.name for p in result.paths} == {"cell_normal.gv", "cell_normal.png", "cell_reduce.gv",
+                                             "cell_reduce.png", "overview.png"}
+    assert "conv_7x1_1x7" in (tmp_path / "cell_reduce.gv").read_text()
+
+
+def test_unknown_format_is_rejected(darts, tmp_path):
+    with pytest.raises(ValueError, match="format"):
+        render.render_genotype(darts["DARTS_V2"], tmp_path, formats=("bogus",), use_dot=False)

@@ -1,0 +1,483 @@
+"""Lightning training core: the restoration training/validation steps and ``retrain``.
+
+``RestorationSteps`` is a mixin so that the *same* steps run in a plain ``pl.LightningModule``
+(retraining a fixed network, here) and in NNI's ``nni.nas.evaluator.pytorch.LightningModule``
+(the search evaluator, elsewhere), which sets ``self.model`` later through ``set_model``.
+This module never imports NNI: a retrained model must not need it.
+"""
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import re
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+from pytorch_lightning.loggers import CSVLogger
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from nas_restore.device import lightning_accelerator, resolve_device
+from nas_restore.losses import LossConfig, RestorationLoss, ssim_torch
+
+log = logging.getLogger(__name__)
+
+METRICS_COLUMNS = ("epoch", "train_loss", "val_loss", "val_psnr", "val_ssim", "lr", "seconds")
+WEIGHTS_FORMAT = "nas-restore-weights"
+WEIGHTS_VERSION = 1
+MAX_PSNR = 100.0  # PSNR of an exact reconstruction is infinite; cap it so that means stay finite.
+
+
+def psnr_torch(pred: Tensor, target: Tensor, data_range: float = 1.0) -> Tensor:
+    """Per-image RGB PSNR in dB of [B, C, H, W] tensors, capped at ``MAX_PSNR``; returns [B].
+
+    A fast on-device validation metric; the reported benchmark numbers (Y channel, crop border)
+    come from the scikit-image based metrics module instead.
+    """
+    if pred.shape != target.shape or pred.ndim != 4:
+        raise ValueError(f"psnr_torch expects two [B, C, H, W] tensors of one shape, got "
+                         f"{tuple(pred.shape)} and {tuple(target.shape)}")
+    mse = (pred.float() - target.float()).pow(2).flatten(1).mean(dim=1)
+    floor = data_range**2 / 10 ** (MAX_PSNR / 10)
+    return 10.0 * torch.log10(data_range**2 / mse.clamp_min(floor))
+
+
+@dataclass
+class OptimConfig:
+    """Adam + cosine annealing to ``min_lr``.
+
+    ``cosine_epochs`` None anneals over the trainer's ``max_epochs`` (per epoch) or, for a trainer
+    limited by ``max_steps`` only, over those steps (per step); set it when the schedule must
+    differ from the run length.
+    """
+
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    min_lr: float = 1e-6
+    cosine_epochs: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.lr > 0:
+            raise ValueError(f"optim lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ValueError(f"optim weight_decay must be >= 0, got {self.weight_decay}")
+        if not 0 <= self.min_lr <= self.lr:
+            raise ValueError(f"optim min_lr must be in [0, lr={self.lr}], got {self.min_lr}")
+        if self.cosine_epochs is not None and self.cosine_epochs < 1:
+            raise ValueError(f"optim cosine_epochs must be >= 1 or None, got {self.cosine_epochs}")
+
+
+def _unpack(batch: Any) -> tuple[Tensor, Tensor]:
+    """Check a ``(frames [B,T,3,H,W], target [B,3,H,W])`` batch and say what is wrong otherwise."""
+    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+        raise ValueError(f"a batch must be (frames, target), got {type(batch).__name__}"
+                         f"{'' if not isinstance(batch, (tuple, list)) else f' of length {len(batch)}'}")
+    frames, target = batch
+    if frames.ndim != 5 or target.ndim != 4:
+        raise ValueError(f"a batch must be frames [B, T, 3, H, W] and target [B, 3, H, W], got "
+                         f"{tuple(frames.shape)} and {tuple(target.shape)}: dataset items are "
+                         f"(frames [T, 3, H, W], target [3, H, W]), T=1 for single images")
+    return frames, target
+
+
+class RestorationSteps:
+    """Training / validation / optimiser logic shared by retraining and the NNI search evaluator.
+
+    The host class must be a ``pl.LightningModule`` and provide ``self.model`` (an ``nn.Module``
+    mapping [B, T, 3, H, W] to [B, 3, H, W]), ``self.criterion`` (a ``RestorationLoss``) and
+    ``self.optim_config`` (an ``OptimConfig``). The mixin keeps no state of its own, so it has no
+    ``__init__`` and does not disturb NNI's tracing of the host's constructor arguments.
+    """
+
+    model: nn.Module
+    criterion: RestorationLoss
+    optim_config: OptimConfig
+
+    def forward(self, frames: Tensor) -> Tensor:
+        return self.model(frames)
+
+    def _predict(self, frames: Tensor, target: Tensor) -> Tensor:
+        pred = self.model(frames)
+        if pred.shape != target.shape:
+            raise ValueError(f"the model returned {tuple(pred.shape)} for frames {tuple(frames.shape)}, "
+                             f"expected the target's shape {tuple(target.shape)} ([B, 3, H, W])")
+        return pred
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        frames, target = _unpack(batch)
+        pred = self._predict(frames, target)
+        loss, parts = self.criterion(pred, target)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"training loss is {loss.item()} at step {batch_idx}: lower the learning "
+                                     f"rate (optim lr) or set grad_clip")
+        n = target.shape[0]
+        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=n)
+        self.log_dict({f"train_{k}": v for k, v in parts.items()}, on_step=False, on_epoch=True, batch_size=n)
+        lr = self._current_lr()
+        if lr is not None:
+            self.log("lr", lr, on_step=False, on_epoch=True, batch_size=n)
+        return loss
+
+    def _current_lr(self) -> float | None:
+        """Learning rate of the first (weight) optimiser, or None outside a fit."""
+        try:
+            optimizers = self.trainer.optimizers
+        except RuntimeError:  # not attached to a trainer
+            return None
+        return float(optimizers[0].param_groups[0]["lr"]) if optimizers else None
+
+    def _evaluate(self, batch: Any, prefix: str) -> None:
+        frames, target = _unpack(batch)
+        pred = self._predict(frames, target)
+        loss, _ = self.criterion(pred, target)
+        clamped = pred.clamp(0.0, 1.0)
+        psnr = psnr_torch(clamped, target).mean()
+        h, w = target.shape[-2:]
+        padding = "valid" if min(h, w) >= 11 else "reflect"
+        ssim = ssim_torch(clamped, target, padding=padding)
+        # batch_size weights the epoch mean by images, so it is the per-image mean over the whole set.
+        self.log_dict({f"{prefix}_loss": loss, f"{prefix}_psnr": psnr, f"{prefix}_ssim": ssim},
+                      on_step=False, on_epoch=True, prog_bar=True, batch_size=target.shape[0], sync_dist=True)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def _cosine_length(self) -> tuple[int, str]:
+        """(T_max, interval): ``cosine_epochs``, else the trainer's max_epochs, else its max_steps."""
+        cfg = self.optim_config
+        if cfg.cosine_epochs is not None:
+            return cfg.cosine_epochs, "epoch"
+        try:
+            max_epochs, max_steps = self.trainer.max_epochs, self.trainer.max_steps
+        except RuntimeError:  # not attached to a trainer
+            max_epochs, max_steps = None, -1
+        if max_epochs is not None and max_epochs >= 1:
+            return max_epochs, "epoch"
+        if max_steps is not None and max_steps >= 1:
+            return max_steps, "step"
+        raise ValueError("cosine annealing needs a length: give the trainer max_epochs or max_steps, or set "
+                         "optim cosine_epochs")
+
+    def on_train_start(self) -> None:
+        """Re-derive each LambdaLR learning rate from its step count: a resumed checkpoint restores the
+        optimiser's last lr, which is stale when the run was resumed with a different length."""
+        super().on_train_start()  # type: ignore[misc]
+        for config in self.trainer.lr_scheduler_configs:
+            scheduler = config.scheduler
+            if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+                for group, base, fn in zip(scheduler.optimizer.param_groups, scheduler.base_lrs,
+                                           scheduler.lr_lambdas):
+                    group["lr"] = base * fn(scheduler.last_epoch)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        cfg = self.optim_config
+        optimizer = torch.optim.Adam(self.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        t_max, interval = self._cosine_length()
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_factor(t_max, cfg.min_lr / cfg.lr))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}
+
+
+def cosine_factor(t_max: int, floor: float) -> Callable[[int], float]:
+    """Closed-form cosine annealing from 1 to ``floor`` over ``t_max`` steps, then flat at ``floor``.
+
+    Why not ``CosineAnnealingLR``: its state (T_max, recursive lr) is restored from a checkpoint, so a
+    run resumed with more epochs would stay at the old schedule's end; this factor is rebuilt from
+    the new length on every fit and only the step count is restored (a plain function is not saved
+    in LambdaLR's state).
+    """
+
+    def factor(step: int) -> float:
+        progress = min(step, t_max) / t_max
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+class RestorationModule(RestorationSteps, pl.LightningModule):
+    """A plain Lightning module around a fixed restoration network, for retraining."""
+
+    def __init__(self, model: nn.Module, loss: LossConfig | None = None,
+                 optim: OptimConfig | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.criterion = RestorationLoss(loss or LossConfig())
+        self.optim_config = optim or OptimConfig()
+
+
+@dataclass
+class RetrainConfig:
+    """Settings of one retraining run.
+
+    The defaults suit short runs on a small CPU: Adam at 1e-3 (its usual default, stable for
+    small conv nets) annealed to 1e-6, batch 8, gradient norm clipped at 1.0 so that a deep
+    searched network does not diverge in its first steps, and data loaded in the main process.
+    """
+
+    epochs: int = 10
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    min_lr: float = 1e-6
+    loss: LossConfig = field(default_factory=LossConfig)
+    seed: int = 0
+    num_workers: int = 0
+    device: str = "auto"
+    devices: int = 1
+    num_nodes: int = 1
+    grad_clip: float | None = 1.0
+    limit_train_batches: int | float | None = None
+    limit_val_batches: int | float | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.loss, dict):
+            self.loss = LossConfig(**self.loss)
+        for name in ("epochs", "batch_size", "devices", "num_nodes"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"retrain.{name} must be an integer >= 1, got {value!r}")
+        if not isinstance(self.num_workers, int) or self.num_workers < 0:
+            raise ValueError(f"retrain.num_workers must be an integer >= 0, got {self.num_workers!r}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ValueError(f"retrain.grad_clip must be > 0 or None (no clipping), got {self.grad_clip}")
+        for name in ("limit_train_batches", "limit_val_batches"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"retrain.{name} must be > 0 (a count, or a fraction <= 1) or None, got {value}")
+        self.optim()  # validates lr, weight_decay, min_lr
+
+    def optim(self) -> OptimConfig:
+        return OptimConfig(lr=self.lr, weight_decay=self.weight_decay, min_lr=self.min_lr)
+
+
+@dataclass
+class RetrainResult:
+    """What a retraining run produced (paths inside its ``out_dir``)."""
+
+    best_val_psnr: float
+    best_val_ssim: float
+    epochs_run: int
+    seconds: float
+    best_checkpoint: Path
+    metrics_csv: Path
+    model_path: Path
+
+
+class _EpochTimer(Callback):
+    """Logs ``epoch_seconds`` (training + validation wall time) and counts epochs run in this call."""
+
+    def __init__(self) -> None:
+        self.epochs_run = 0
+        self._start = 0.0
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.epochs_run += 1
+        pl_module.log("epoch_seconds", time.perf_counter() - self._start, on_step=False, on_epoch=True)
+
+
+_QUIET_WARNINGS = (
+    r".*does not have many workers.*",  # num_workers=0 is the deliberate default on small machines
+    r".*Checkpoint directory .* exists and is not empty.*",  # expected when resuming
+    r".*Experiment logs directory .* exists and is not empty.*",
+    r".*LeafSpec.*",  # torch 2.13 deprecation inside pytorch_lightning
+    r".*smaller than the logging interval.*",
+)
+
+
+@contextmanager
+def _quiet_lightning() -> Iterator[None]:
+    """Silence Lightning's info chatter ("GPU available: ...", "Seed set to ...") and known warnings."""
+    for name in ("pytorch_lightning", "lightning_fabric", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    with warnings.catch_warnings():
+        for pattern in _QUIET_WARNINGS:
+            warnings.filterwarnings("ignore", message=pattern)
+        yield
+
+
+def _check_dataset(data: Dataset, name: str) -> None:
+    try:
+        n = len(data)  # type: ignore[arg-type]
+    except TypeError as err:
+        raise ValueError(f"{name} must be a map-style Dataset with __len__") from err
+    if n == 0:
+        raise ValueError(f"{name} is empty: give it at least one (frames, target) item")
+    item = data[0]
+    if not isinstance(item, (tuple, list)) or len(item) != 2:
+        raise ValueError(f"{name}[0] must be (frames [T, 3, H, W], target [3, H, W]), got {type(item).__name__}")
+    frames, target = item
+    if getattr(frames, "ndim", None) != 4 or getattr(target, "ndim", None) != 3:
+        raise ValueError(f"{name}[0] must be (frames [T, 3, H, W], target [3, H, W]), got shapes "
+                         f"{tuple(getattr(frames, 'shape', ()))} and {tuple(getattr(target, 'shape', ()))}")
+
+
+def _version_key(path: Path) -> int:
+    match = re.fullmatch(r"version_(\d+)", path.parent.name)
+    return int(match.group(1)) if match else -1
+
+
+def collect_epoch_metrics(log_dir: Path) -> list[dict[str, float]]:
+    """One row per epoch from every CSVLogger version under ``log_dir`` (resumed runs add versions).
+
+    Later versions win for an epoch logged twice (a run killed mid-epoch repeats that epoch).
+    """
+    by_epoch: dict[int, dict[str, float]] = {}
+    for path in sorted(log_dir.glob("version_*/metrics.csv"), key=_version_key):
+        with path.open(newline="") as handle:
+            for row in csv.DictReader(handle):
+                if not row.get("epoch"):
+                    continue
+                epoch = int(float(row["epoch"]))
+                merged = by_epoch.setdefault(epoch, {})
+                for key, value in row.items():
+                    if value not in ("", None) and key not in ("epoch", "step"):
+                        merged[key] = float(value)
+    names = {"train_loss": ("train_loss_epoch", "train_loss"), "seconds": ("epoch_seconds",)}
+    rows = []
+    for epoch in sorted(by_epoch):
+        raw = by_epoch[epoch]
+        row: dict[str, float] = {"epoch": float(epoch)}
+        for column in METRICS_COLUMNS[1:]:
+            keys = names.get(column, (column,))
+            row[column] = next((raw[k] for k in keys if k in raw), math.nan)
+        rows.append(row)
+    return rows
+
+
+def _write_metrics(rows: list[dict[str, float]], path: Path) -> None:
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(METRICS_COLUMNS))
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({**row, "epoch": int(row["epoch"])})
+
+
+def save_weights(model: nn.Module, path: Path, **meta: Any) -> None:
+    """Write ``{"state_dict", "format", "version", **meta}``: plain tensors and numbers only, so it loads
+    with ``torch.load(weights_only=True)`` and without Lightning or NNI."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    torch.save({"state_dict": state, "format": WEIGHTS_FORMAT, "version": WEIGHTS_VERSION, **meta}, path)
+
+
+def load_weights(model: nn.Module, path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a ``save_weights`` file into ``model`` (strict); returns the file's metadata."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {path} does not exist")
+    blob = torch.load(path, map_location=map_location, weights_only=True)
+    if not isinstance(blob, dict) or "state_dict" not in blob:
+        raise ValueError(f"{path} is not a nas-restore weights file (no 'state_dict' key): write it with "
+                         f"nas_restore.training.save_weights or retrain")
+    model.load_state_dict(blob["state_dict"])
+    return {k: v for k, v in blob.items() if k != "state_dict"}
+
+
+def retrain(model: nn.Module, train_data: Dataset, val_data: Dataset, config: RetrainConfig,
+            out_dir: Path) -> RetrainResult:
+    """Train ``model`` from its current weights on ``train_data``, keep the best epoch by ``val_psnr``.
+
+    Writes into ``out_dir``: ``checkpoints/best.ckpt`` and ``last.ckpt`` (Lightning), ``logs/`` (CSV
+    logger), ``metrics.csv`` (one row per epoch) and ``model.pt`` (plain weights of the best epoch).
+    If ``checkpoints/last.ckpt`` exists the run resumes from it, so a killed run can be restarted
+    with the same call (the data order after resuming differs from an uninterrupted run).
+    On return ``model`` holds the best weights, on the CPU.
+    """
+    out_dir = Path(out_dir)
+    _check_dataset(train_data, "train_data")
+    _check_dataset(val_data, "val_data")
+    device = resolve_device(config.device)
+    accelerator, devices = lightning_accelerator(device, config.devices)
+    ckpt_dir = out_dir / "checkpoints"
+    last_ckpt = ckpt_dir / "last.ckpt"
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    start = time.perf_counter()
+    with _quiet_lightning():
+        pl.seed_everything(config.seed, workers=True, verbose=False)
+        pin = device.type == "cuda"
+        loader_kwargs = dict(batch_size=config.batch_size, num_workers=config.num_workers, pin_memory=pin,
+                             persistent_workers=config.num_workers > 0)
+        train_loader = DataLoader(train_data, shuffle=True, **loader_kwargs)
+        val_loader = DataLoader(val_data, shuffle=False, **loader_kwargs)
+
+        module = RestorationModule(model, config.loss, config.optim())
+        checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val_psnr", mode="max",
+                                     save_top_k=1, enable_version_counter=False)
+        # A second, unmonitored checkpoint for resuming: PL 2.6's save_last=True only writes last.ckpt
+        # in epochs that also improved the monitored metric, so it would resume from the best epoch.
+        latest = ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1,
+                                 every_n_epochs=1, enable_version_counter=False)
+        timer = _EpochTimer()
+        trainer_kwargs: dict[str, Any] = {}
+        for name in ("limit_train_batches", "limit_val_batches"):
+            if getattr(config, name) is not None:
+                trainer_kwargs[name] = getattr(config, name)
+        trainer = pl.Trainer(
+            max_epochs=config.epochs,
+            accelerator=accelerator,
+            devices=devices,
+            num_nodes=config.num_nodes,
+            default_root_dir=out_dir,
+            logger=CSVLogger(save_dir=out_dir, name="logs", flush_logs_every_n_steps=1),
+            callbacks=[checkpoint, latest, timer],
+            gradient_clip_val=config.grad_clip,
+            enable_progress_bar=config.progress,
+            enable_model_summary=False,
+            log_every_n_steps=max(1, min(50, len(train_loader))),
+            **trainer_kwargs,
+        )
+        resume = last_ckpt if last_ckpt.is_file() else None
+        if resume is not None:
+            log.info("resuming from %s", resume)
+        trainer.fit(module, train_loader, val_loader, ckpt_path=resume)
+
+    best_path = Path(checkpoint.best_model_path) if checkpoint.best_model_path else ckpt_dir / "best.ckpt"
+    if not best_path.is_file():
+        raise RuntimeError(f"training finished without a best checkpoint in {ckpt_dir}: was val_psnr logged? "
+                           f"(check that val_data is not empty and limit_val_batches > 0)")
+    state = torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"]
+    module.load_state_dict(state)
+    model.cpu()
+
+    rows = collect_epoch_metrics(out_dir / "logs")
+    metrics_csv = out_dir / "metrics.csv"
+    _write_metrics(rows, metrics_csv)
+    scored = [r for r in rows if not math.isnan(r["val_psnr"])]
+    best = max(scored, key=lambda r: r["val_psnr"]) if scored else {"epoch": math.nan, "val_psnr": math.nan,
+                                                                    "val_ssim": math.nan}
+    model_path = out_dir / "model.pt"
+    save_weights(model, model_path, best_epoch=int(best["epoch"]) if scored else -1,
+                 best_val_psnr=float(best["val_psnr"]), best_val_ssim=float(best["val_ssim"]),
+                 config=_plain(asdict(config)))
+    seconds = time.perf_counter() - start
+    log.info("retrain: %d epoch(s) in %.1f s, best val_psnr %.3f dB at epoch %s", timer.epochs_run, seconds,
+             best["val_psnr"], best["epoch"])
+    return RetrainResult(best_val_psnr=float(best["val_psnr"]), best_val_ssim=float(best["val_ssim"]),
+                         epochs_run=timer.epochs_run, seconds=seconds, best_checkpoint=best_path,
+                         metrics_csv=metrics_csv, model_path=model_path)
+
+
+def _plain(value: Any) -> Any:
+    """Keep only types that ``torch.load(weights_only=True)`` accepts (for the config stored in model.pt)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)

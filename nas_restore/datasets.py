@@ -1,0 +1,69 @@
+"""Which data a search or a retraining run uses: built-in synthetic rain, or the user's folders.
+
+Synthetic splits are disjoint by seed: ``train`` and ``val`` are drawn from different seeds, and the
+demo's held-out test clips from yet another. A folder is split into train/val by a fixed fraction
+of its items (never use a benchmark's holdout split here: pass its ``fit`` split).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset, Subset
+
+# seed offsets keep the synthetic splits apart for any user seed
+_SPLIT_SEED = {"train": 1, "val": 2, "test": 3}
+
+
+@dataclass
+class DataConfig:
+    """Where the pairs come from. ``folder: null`` means the built-in synthetic rain."""
+
+    folder: str | None = None
+    split: str | None = None               # a SPLITS.txt split of the folder, e.g. "fit" for Rain100L
+    val_fraction: float = 0.2              # of a folder's items, for validation
+    patch_size: int = 48
+    train_items: int = 256                 # synthetic only
+    val_items: int = 32                    # synthetic only
+    rain_types: list[str] = field(default_factory=lambda: ["light", "heavy", "slanted", "accumulation"])
+    clip_length: int = 7                   # synthetic clips: frames per clip
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.patch_size < 8:
+            raise ValueError(f"patch_size must be >= 8, got {self.patch_size}")
+
+
+def synthetic_split(config: DataConfig, frames: int, split: str, seed: int, length: int | None = None,
+                    size: int | None = None) -> Dataset:
+    from nas_restore.data.synthetic import SyntheticRainDataset
+
+    if split not in _SPLIT_SEED:
+        raise ValueError(f"split must be one of {list(_SPLIT_SEED)}, got {split!r}")
+    default_length = config.train_items if split == "train" else config.val_items
+    return SyntheticRainDataset(
+        length=length or default_length, frames=frames, size=size or config.patch_size,
+        rain_types=list(config.rain_types), seed=10_000 * seed + _SPLIT_SEED[split],
+        clip_length=max(config.clip_length, frames))
+
+
+def train_val_datasets(config: DataConfig, frames: int, seed: int) -> tuple[Dataset, Dataset]:
+    """The (train, val) pair for a search or a retraining run."""
+    if config.folder is None:
+        return (synthetic_split(config, frames, "train", seed), synthetic_split(config, frames, "val", seed))
+    from nas_restore.data.folders import open_dataset
+
+    root = Path(config.folder)
+    train_full = open_dataset(root, frames=frames, patch_size=config.patch_size, augment=True, seed=seed,
+                              split=config.split)
+    val_full = open_dataset(root, frames=frames, patch_size=config.patch_size, augment=False, seed=seed,
+                            split=config.split)
+    n = len(train_full)
+    if n < 2:
+        raise ValueError(f"{root} has {n} item(s): need at least 2 to split into train and validation")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    n_val = max(1, int(round(n * config.val_fraction)))
+    return Subset(train_full, order[n_val:]), Subset(val_full, order[:n_val])

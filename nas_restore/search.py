@@ -1,0 +1,226 @@
+"""Running a search: data, space, strategy and evaluator in, a run folder with a genotype out.
+
+A run folder (``runs/<name>/``) holds the resolved ``config.yaml``, ``search.log``,
+``genotype.json``, the architecture-weight history ``alphas.csv`` (softmaxed, with DARTS's "none"
+slot), the genotype derived after every epoch (``derived.jsonl``), the supernet's per-epoch
+metrics ``metrics.csv`` and NNI's own experiment folder ``nni/``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from nas_restore import config as cfg
+from nas_restore.datasets import DataConfig, train_val_datasets
+from nas_restore.genotype import Genotype
+from nas_restore.losses import LossConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SearchConfig:
+    """Everything a search run needs; each field has a default and maps to a CLI flag."""
+
+    space: str = "tmics"
+    preset: str | None = "cpu"
+    space_settings: dict[str, Any] = field(default_factory=dict)
+    strategy: str = "darts"
+    strategy_options: dict[str, Any] = field(default_factory=dict)
+    epochs: int = 4
+    batch_size: int = 4
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    loss: LossConfig = field(default_factory=LossConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    seed: int = 0
+    device: str = "auto"
+    num_workers: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("epochs and batch_size must be >= 1")
+
+
+@dataclass
+class SearchResult:
+    genotype: Genotype
+    genotype_path: Path
+    run_dir: Path
+    seconds: float
+
+
+class AlphaHistory:
+    """Records the softmaxed architecture weights (and the derived genotype) as the search runs."""
+
+    def __init__(self, run_dir: Path, every_n_steps: int = 5):
+        self.alphas_path = run_dir / "alphas.csv"
+        self.derived_path = run_dir / "derived.jsonl"
+        self.every = every_n_steps
+        self.metrics_path = run_dir / "metrics.csv"
+        self.alphas_path.write_text("step,epoch,label,choice,weight\n")
+        self.derived_path.write_text("")
+        self.epochs: list[dict[str, float]] = []
+
+    def record_epoch(self, row: dict[str, float]) -> None:
+        self.epochs.append(row)
+        import pandas as pd
+
+        pd.DataFrame(self.epochs).to_csv(self.metrics_path, index=False)
+        log.info("epoch %d: train_loss %.4f, supernet val_psnr %.2f dB (%.1f s)", row["epoch"], row["train_loss"],
+                 row["val_psnr"], row["seconds"])
+
+    def record(self, module: Any, step: int, epoch: int) -> None:
+        from nas_restore.nni_layer import labelled_alphas
+
+        with self.alphas_path.open("a", newline="") as fh:
+            writer = csv.writer(fh)
+            for label, alpha, names in labelled_alphas(module):
+                probs = torch.softmax(alpha.detach().float(), -1).tolist()
+                for name, p in zip(names, probs):
+                    writer.writerow([step, epoch, label, name, f"{p:.6f}"])
+
+    def record_derived(self, module: Any, epoch: int) -> None:
+        try:
+            arch = module.export()
+        except Exception as err:  # noqa: BLE001  (some strategies cannot export mid-search)
+            log.debug("could not export the architecture at epoch %d: %s", epoch, err)
+            return
+        with self.derived_path.open("a") as fh:
+            fh.write(json.dumps({"epoch": epoch, "arch": arch}, default=str) + "\n")
+
+
+def _history_callback(history: AlphaHistory, val_loader: DataLoader):
+    import pytorch_lightning as pl
+
+    from nas_restore.training import psnr_torch
+
+    class _Callback(pl.Callback):
+        """Alphas every few steps; at each epoch end the derived genotype and the supernet's val PSNR.
+
+        NNI's DARTS consumes the validation split for architecture steps and runs no validation
+        loop, so the supernet's validation PSNR is measured here.
+        """
+
+        def on_train_epoch_start(self, trainer, pl_module):
+            self.started = time.perf_counter()
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.global_step % history.every == 0:
+                history.record(pl_module, trainer.global_step, trainer.current_epoch)
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            epoch = trainer.current_epoch
+            history.record(pl_module, trainer.global_step, epoch)
+            history.record_derived(pl_module, epoch)
+            was_training = pl_module.training
+            pl_module.eval()
+            scores = []
+            with torch.no_grad():
+                for frames, target in val_loader:
+                    frames, target = frames.to(pl_module.device), target.to(pl_module.device)
+                    scores.append(psnr_torch(pl_module(frames).clamp(0, 1), target))
+            pl_module.train(was_training)
+            loss = trainer.callback_metrics.get("train_loss_epoch", trainer.callback_metrics.get("train_loss"))
+            history.record_epoch({"epoch": epoch, "train_loss": float(loss) if loss is not None else float("nan"),
+                                  "val_psnr": float(torch.cat(scores).mean()) if scores else float("nan"),
+                                  "seconds": round(time.perf_counter() - self.started, 2)})
+
+    return _Callback()
+
+
+def run_search(config: SearchConfig, run_dir: str | Path) -> SearchResult:
+    """Search ``config.space`` with ``config.strategy``; write the run folder; return the genotype."""
+    from nas_restore.device import lightning_accelerator, resolve_device
+    from nas_restore.nni_layer import make_lightning_evaluator, make_search_module, pl, run_oneshot
+    from search_spaces import find_space
+    from strategies import find_strategy
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handler = _file_log(run_dir / "search.log")
+    started = time.perf_counter()
+    try:
+        space_spec = find_space(config.space)
+        strategy_spec = find_strategy(config.strategy)
+        space_config = space_spec.config(config.preset, **config.space_settings)
+        cfg.save_yaml({**cfg.to_dict(config), "resolved_space": space_config.to_dict()}, run_dir / "config.yaml")
+        if not strategy_spec.one_shot:
+            raise NotImplementedError(f"strategy {config.strategy!r} is multi-trial; this runner drives one-shot "
+                                      "strategies (multi-trial runs come with the strategies issue)")
+        pl.seed_everything(config.seed, workers=True, verbose=False)
+        device = resolve_device(config.device)
+        accelerator, devices = lightning_accelerator(device)
+        train_data, val_data = train_val_datasets(config.data, space_config.frames, config.seed)
+        log.info("search: space=%s strategy=%s device=%s train=%d val=%d", config.space, config.strategy,
+                 device, len(train_data), len(val_data))
+        loader_args = dict(batch_size=config.batch_size, num_workers=config.num_workers, drop_last=True)
+        train_loader = DataLoader(train_data, shuffle=True, generator=torch.Generator().manual_seed(config.seed),
+                                  **loader_args)
+        val_loader = DataLoader(val_data, shuffle=True, generator=torch.Generator().manual_seed(config.seed + 1),
+                                **loader_args)
+        history = AlphaHistory(run_dir)
+        module = make_search_module(loss=config.loss, lr=config.lr, weight_decay=config.weight_decay,
+                                    epochs=config.epochs)
+        trainer_kwargs = dict(
+            max_epochs=config.epochs, accelerator=accelerator, devices=devices,
+            callbacks=[_history_callback(history, val_loader)], enable_progress_bar=config.progress,
+            enable_model_summary=False, logger=False,
+            enable_checkpointing=False, num_sanity_val_steps=0, log_every_n_steps=1,
+        )
+        evaluator = make_lightning_evaluator(module, trainer_kwargs, train_loader, val_loader)
+        space = space_spec.make_space(space_config)
+        strategy = strategy_spec.build(config.strategy_options)
+        arch = run_oneshot(space, evaluator, strategy, run_dir / "nni")
+        seconds = time.perf_counter() - started
+        metrics = history.epochs
+        metadata = {
+            "strategy": config.strategy,
+            "strategy_options": {**strategy_spec.defaults, **config.strategy_options},
+            "seed": config.seed,
+            "search_seconds": round(seconds, 2),
+            "epochs": config.epochs,
+            "device": str(device),
+            "data": "synthetic" if config.data.folder is None else str(config.data.folder),
+            "supernet_val_psnr": metrics[-1].get("val_psnr") if metrics else None,
+            "nni_arch": arch,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "versions": _versions(),
+        }
+        genotype = space_spec.to_genotype(arch, space_config, metadata)
+        path = genotype.save(run_dir / "genotype.json")
+        log.info("search done in %.1f s: genotype %s -> %s", seconds, genotype.genotype_id(), path)
+        return SearchResult(genotype=genotype, genotype_path=path, run_dir=run_dir, seconds=seconds)
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+
+
+def _file_log(path: Path) -> logging.Handler:
+    handler = logging.FileHandler(path, mode="a")
+    handler.setLevel(logging.INFO)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)  # the CLI sets the root level; library users choose their own
+    return handler
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {}
+    for pkg in ("nas-restore", "nni", "torch", "pytorch-lightning"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out

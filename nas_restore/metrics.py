@@ -137,10 +137,12 @@ def ssim(pred: ArrayLike, target: ArrayLike, protocol: Protocol = Protocol()) ->
     return float(structural_similarity(t, p, channel_axis=2, **kwargs))
 
 
-def psnr_torch(pred: torch.Tensor, target: torch.Tensor, y_channel: bool = True, crop_border: int = 0) -> torch.Tensor:
+def psnr_torch(pred: torch.Tensor, target: torch.Tensor, y_channel: bool = True, crop_border: int = 0,
+               max_db: float | None = None) -> torch.Tensor:
     """Per-image PSNR (dB) of [B, 3, H, W] tensors in [0, 1], for fast validation during training.
 
-    Same Y definition as :func:`psnr` (no quantisation; ``inf`` where an image is reproduced exactly).
+    Same Y definition as :func:`psnr` (no quantisation). An exact reproduction gives ``inf``, or
+    ``max_db`` when given (training logs cap it so that epoch means stay finite).
     """
     if pred.shape != target.shape or pred.ndim != 4 or pred.shape[1] != 3:
         raise ValueError(f"psnr_torch expects pred and target of one shape [B, 3, H, W]; got pred "
@@ -153,6 +155,8 @@ def psnr_torch(pred: torch.Tensor, target: torch.Tensor, y_channel: bool = True,
         p = p[..., crop_border:-crop_border, crop_border:-crop_border]
         t = t[..., crop_border:-crop_border, crop_border:-crop_border]
     mse = (p - t).pow(2).flatten(1).mean(1)
+    if max_db is not None:
+        mse = mse.clamp_min(10 ** (-max_db / 10))
     return (10.0 * torch.log10(1.0 / mse)).float()
 
 

@@ -103,7 +103,7 @@ class AlphaHistory:
 def _history_callback(history: AlphaHistory, val_loader: DataLoader):
     import pytorch_lightning as pl
 
-    from nas_restore.training import psnr_torch
+    from nas_restore.metrics import psnr_torch
 
     class _Callback(pl.Callback):
         """Alphas every few steps; at each epoch end the derived genotype and the supernet's val PSNR.
@@ -129,7 +129,7 @@ def _history_callback(history: AlphaHistory, val_loader: DataLoader):
             with torch.no_grad():
                 for frames, target in val_loader:
                     frames, target = frames.to(pl_module.device), target.to(pl_module.device)
-                    scores.append(psnr_torch(pl_module(frames).clamp(0, 1), target))
+                    scores.append(psnr_torch(pl_module(frames).clamp(0, 1), target, y_channel=False, max_db=100.0))
             pl_module.train(was_training)
             loss = trainer.callback_metrics.get("train_loss_epoch", trainer.callback_metrics.get("train_loss"))
             history.record_epoch({"epoch": epoch, "train_loss": float(loss) if loss is not None else float("nan"),

@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from nas_restore.device import lightning_accelerator, resolve_device
 from nas_restore.losses import LossConfig, RestorationLoss, ssim_torch
+from nas_restore.metrics import psnr_torch
 
 log = logging.getLogger(__name__)
 
@@ -35,20 +36,6 @@ METRICS_COLUMNS = ("epoch", "train_loss", "val_loss", "val_psnr", "val_ssim", "l
 WEIGHTS_FORMAT = "nas-restore-weights"
 WEIGHTS_VERSION = 1
 MAX_PSNR = 100.0  # PSNR of an exact reconstruction is infinite; cap it so that means stay finite.
-
-
-def psnr_torch(pred: Tensor, target: Tensor, data_range: float = 1.0) -> Tensor:
-    """Per-image RGB PSNR in dB of [B, C, H, W] tensors, capped at ``MAX_PSNR``; returns [B].
-
-    A fast on-device validation metric; the reported benchmark numbers (Y channel, crop border)
-    come from the scikit-image based metrics module instead.
-    """
-    if pred.shape != target.shape or pred.ndim != 4:
-        raise ValueError(f"psnr_torch expects two [B, C, H, W] tensors of one shape, got "
-                         f"{tuple(pred.shape)} and {tuple(target.shape)}")
-    mse = (pred.float() - target.float()).pow(2).flatten(1).mean(dim=1)
-    floor = data_range**2 / 10 ** (MAX_PSNR / 10)
-    return 10.0 * torch.log10(data_range**2 / mse.clamp_min(floor))
 
 
 @dataclass
@@ -140,7 +127,7 @@ class RestorationSteps:
         pred = self._predict(frames, target)
         loss, _ = self.criterion(pred, target)
         clamped = pred.clamp(0.0, 1.0)
-        psnr = psnr_torch(clamped, target).mean()
+        psnr = psnr_torch(clamped, target, y_channel=False, max_db=MAX_PSNR).mean()
         h, w = target.shape[-2:]
         padding = "valid" if min(h, w) >= 11 else "reflect"
         ssim = ssim_torch(clamped, target, padding=padding)

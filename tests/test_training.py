@@ -13,8 +13,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from nas_restore.device import CUDA_MISSING, lightning_accelerator, resolve_device
 from nas_restore.losses import LossConfig, RestorationLoss
+from nas_restore.metrics import psnr_torch
 from nas_restore.training import (METRICS_COLUMNS, OptimConfig, RestorationModule, RestorationSteps,
-                                  RetrainConfig, load_weights, psnr_torch, retrain)
+                                  RetrainConfig, load_weights, retrain)
 
 
 class TinyNet(nn.Module):
@@ -83,10 +84,10 @@ def test_psnr_torch_matches_skimage():
     data = make_pairs(4)
     frames, target = data.tensors
     pred = frames[:, 0]
-    ours = psnr_torch(pred, target)
+    ours = psnr_torch(pred, target, y_channel=False, max_db=100.0)
     ref = [peak_signal_noise_ratio(t.numpy(), p.numpy(), data_range=1.0) for p, t in zip(pred, target)]
     np.testing.assert_allclose(ours.numpy(), ref, rtol=1e-4)
-    assert psnr_torch(target, target).max().item() == pytest.approx(100.0)
+    assert psnr_torch(target, target, y_channel=False, max_db=100.0).max().item() == pytest.approx(100.0)
 
 
 @pytest.mark.filterwarnings("ignore:You defined a `validation_step` but have no `val_dataloader`")
@@ -115,7 +116,7 @@ def test_validation_logs_psnr_ssim_and_loss():
     with torch.no_grad():
         pred = module(data.tensors[0]).clamp(0, 1)
     # Per-image mean over uneven batches (3, 3, 2): the same as one pass over all 8 images.
-    assert metrics["val_psnr"] == pytest.approx(psnr_torch(pred, data.tensors[1]).mean().item(), rel=1e-5)
+    assert metrics["val_psnr"] == pytest.approx(psnr_torch(pred, data.tensors[1], y_channel=False).mean().item(), rel=1e-5)
 
 
 class NNIStyleHost(RestorationSteps, pl.LightningModule):

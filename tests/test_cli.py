@@ -1,0 +1,64 @@
+"""The command line as a user meets it: listings, rendering, and clear errors for bad input."""
+
+import json
+
+import pytest
+
+from nas_restore.cli import main
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_spaces_and_strategies_and_ops_list_as_text_and_json(capsys):
+    code, out, _ = run(capsys, "spaces", "--json")
+    assert code == 0 and "tmics" in [s["name"] for s in json.loads(out)]
+    code, out, _ = run(capsys, "strategies", "--json")
+    darts = {s["name"]: s for s in json.loads(out)}["darts"]
+    assert darts["family"] == "differentiable" and "arc_learning_rate" in darts["defaults"]
+    code, out, _ = run(capsys, "ops")
+    assert code == 0 and "Residualblocks_5_1" in out and "SPAattention_3" in out
+
+
+def test_search_config_typo_is_named_and_nothing_runs(capsys, tmp_path):
+    config = tmp_path / "search.yaml"
+    config.write_text("epochs: 1\nbatch_sise: 4\n")
+    code, out, err = run(capsys, "search", "--config", str(config), "--out", str(tmp_path / "run"))
+    assert code == 2
+    assert "search.batch_sise (did you mean search.batch_size?)" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_config_file_and_unknown_strategy_are_clear(capsys, tmp_path):
+    code, _, err = run(capsys, "search", "--config", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "r"))
+    assert code == 2 and "nope.yaml does not exist" in err
+    code, _, err = run(capsys, "search", "--strategy", "gdarts", "--out", str(tmp_path / "r"), "--epochs", "1")
+    assert code == 2 and "unknown strategy 'gdarts'" in err
+
+
+def test_render_a_published_darts_genotype_from_text(capsys, tmp_path):
+    text = (tmp_path / "v2.txt")
+    text.write_text("DARTS_V2 = Genotype(normal=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 0), "
+                    "('sep_conv_3x3', 1), ('sep_conv_3x3', 1), ('skip_connect', 0), ('skip_connect', 0), "
+                    "('dil_conv_3x3', 2)], normal_concat=[2, 3, 4, 5], reduce=[('max_pool_3x3', 0), "
+                    "('max_pool_3x3', 1), ('skip_connect', 2), ('max_pool_3x3', 1), ('max_pool_3x3', 0), "
+                    "('skip_connect', 2), ('skip_connect', 2), ('max_pool_3x3', 1)], reduce_concat=[2, 3, 4, 5])\n")
+    code, out, _ = run(capsys, "render", str(text), "--out", str(tmp_path / "r"), "--format", "svg")
+    assert code == 0
+    gv = (tmp_path / "r" / "cell_normal.gv").read_text()
+    assert "dil_conv_3x3" in gv and "sep_conv_3x3" in gv
+    assert (tmp_path / "r" / "cell_reduce.svg").exists()
+
+
+def test_render_of_a_genotype_with_an_unknown_op_fails_clearly(capsys, tmp_path):
+    from tests.test_genotype import tmics_genotype
+
+    data = tmics_genotype().to_dict()
+    data["cells"]["cna"]["nodes"][1][1]["op"] = "Resblock_9_9"
+    path = tmp_path / "g.json"
+    path.write_text(json.dumps(data))
+    code, _, err = run(capsys, "render", str(path))
+    assert code == 2 and "cells.cna.nodes[1][1].op: unknown operation 'Resblock_9_9'" in err

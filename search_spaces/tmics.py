@@ -18,7 +18,7 @@ a genotype builds to: the same blocks, no NNI.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
 import torch
@@ -56,15 +56,9 @@ class TMICSConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TMICSConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            import difflib
+        from nas_restore.config import from_dict
 
-            hints = [f"{u!r} (did you mean {difflib.get_close_matches(u, known, 1)[0]!r}?)"
-                     if difflib.get_close_matches(u, known, 1) else repr(u) for u in unknown]
-            raise ValueError(f"unknown tmics space setting(s): {', '.join(hints)}; settings: {', '.join(sorted(known))}")
-        config = cls(**data)
+        config = from_dict(cls, data, "space")
         config.validate()
         return config
 

@@ -77,7 +77,7 @@ def test_rain_kernels_start_as_oriented_streaks():
 
 
 def test_config_typo_names_the_field():
-    with pytest.raises(ValueError, match="chanels.*did you mean 'channels'"):
+    with pytest.raises(ValueError, match=r"space\.chanels \(did you mean space\.channels\?\)"):
         find_space("tmics").config(chanels=8)
     with pytest.raises(ValueError, match="frames must be odd"):
         find_space("tmics").config(frames=4)

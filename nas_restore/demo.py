@@ -93,7 +93,8 @@ def run_demo(out_dir: str | Path, config: DemoConfig | None = None,
                             loss=LossConfig(), seed=config.seed, device=config.device, progress=config.progress),
         data=DataConfig(patch_size=config.retrain_patch, train_items=config.retrain_items, val_items=48,
                         rain_types=list(config.rain_types)))
-    retrained = run_retrain(search.genotype, retrain_config, out / "retrain")
+    # one folder per architecture: a re-run with another seed never resumes a different network
+    retrained = run_retrain(search.genotype, retrain_config, out / f"retrain-{search.genotype.genotype_id()}")
     stage("retrain", t0)
 
     say(f"[5/5] deraining the held-out clips -> {out / 'outputs'}")

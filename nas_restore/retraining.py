@@ -11,7 +11,7 @@ import torch
 from nas_restore import config as cfg
 from nas_restore.build import build_model
 from nas_restore.datasets import DataConfig, train_val_datasets
-from nas_restore.genotype import Genotype, load_genotype
+from nas_restore.genotype import Genotype, GenotypeError, load_genotype
 from nas_restore.training import RetrainConfig, RetrainResult, retrain
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,7 @@ def run_retrain(genotype: Genotype | str | Path, config: RetrainRunConfig, out_d
     out_dir = Path(out_dir)
     if not isinstance(genotype, Genotype):
         genotype = load_genotype(genotype)
+    _refuse_foreign_run(out_dir, genotype)
     model = build_model(genotype)
     frames = int(genotype.space_config.get("frames", 1))
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -44,3 +45,14 @@ def run_retrain(genotype: Genotype | str | Path, config: RetrainRunConfig, out_d
     blob["genotype"] = genotype.to_dict()
     torch.save(blob, result.model_path)
     return result
+
+
+def _refuse_foreign_run(out_dir: Path, genotype: Genotype) -> None:
+    """A folder resumes only the retraining of the same architecture; anything else would be lost or mixed."""
+    previous = out_dir / "genotype.json"
+    if not previous.exists():
+        return
+    old = load_genotype(previous, validate=False)
+    if old.genotype_id() != genotype.genotype_id():
+        raise GenotypeError(f"{out_dir} holds the retraining of genotype {old.genotype_id()}, not "
+                            f"{genotype.genotype_id()}: give another --out (nothing was changed there)")

@@ -164,6 +164,10 @@ def run_search(config: SearchConfig, run_dir: str | Path) -> SearchResult:
         train_data, val_data = train_val_datasets(config.data, space_config.frames, config.seed)
         log.info("search: space=%s strategy=%s device=%s train=%d val=%d", config.space, config.strategy,
                  device, len(train_data), len(val_data))
+        for name, data in (("train", train_data), ("validation", val_data)):
+            if len(data) < config.batch_size:
+                raise ValueError(f"the {name} split has {len(data)} item(s), fewer than batch_size="
+                                 f"{config.batch_size}: lower --batch-size or give more data")
         loader_args = dict(batch_size=config.batch_size, num_workers=config.num_workers, drop_last=True)
         train_loader = DataLoader(train_data, shuffle=True, generator=torch.Generator().manual_seed(config.seed),
                                   **loader_args)

@@ -104,3 +104,17 @@ def test_evaluate_a_missing_folder_or_a_corrupt_image_is_clear(capsys, tmp_path)
     victim.write_bytes(b"not a png")
     code, _, err = run(capsys, "evaluate", "--data", str(data))
     assert code == 2 and victim.name in err
+
+
+def test_retrain_refuses_a_folder_that_holds_another_genotype(capsys, tmp_path):
+    from tests.test_genotype import tmics_genotype
+
+    first, second = tmics_genotype(), tmics_genotype()
+    second.macro["alignment"] = "ofm"
+    out = tmp_path / "model"
+    out.mkdir()
+    first.save(out / "genotype.json")
+    second.save(tmp_path / "second.json")
+    code, _, err = run(capsys, "retrain", str(tmp_path / "second.json"), "--out", str(out), "--epochs", "1")
+    assert code == 2 and f"holds the retraining of genotype {first.genotype_id()}" in err
+    assert (out / "genotype.json").read_text() == first.to_json() + "\n"

@@ -18,7 +18,7 @@ def test_tiny_demo_writes_every_artefact_and_a_summary(tmp_path):
         assert key in on_disk
     assert on_disk == json.loads(json.dumps(summary))
     assert (tmp_path / "search" / "genotype.json").is_file()
-    assert (tmp_path / "retrain" / "model.pt").is_file()
+    assert (tmp_path / f"retrain-{summary['genotype_id']}" / "model.pt").is_file()
     assert list((tmp_path / "render").glob("cell_dna.*")) and list((tmp_path / "outputs").rglob("*.png"))
     assert summary["count"] == 3  # one held-out clip of three frames
     assert [m[:5] for m in messages if m.startswith("[")] == ["[1/5]", "[2/5]", "[3/5]", "[4/5]", "[5/5]"]

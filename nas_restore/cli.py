@@ -50,10 +50,24 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(p)
     _add_common(p)
 
-    p = sub.add_parser("render", help="draw a genotype's cells and network (SVG/PNG + .gv)")
-    p.add_argument("genotype", help="genotype.json, a run folder, or DARTS Genotype(...) text file")
-    p.add_argument("--out", default=None, help="output folder (default: <genotype folder>/render)")
+    p = sub.add_parser("render", help="draw a genotype's cells and network (SVG/PNG + .gv); of a run folder also "
+                                      "its search history; --diff A B: two genotypes' differences")
+    p.add_argument("genotype", nargs="?", default=None,
+                   help="genotype.json, a run folder (with alphas.csv: the search history too), or a DARTS "
+                        "Genotype(...) text file")
+    p.add_argument("--diff", nargs=2, metavar=("A", "B"), default=None,
+                   help="draw the differences between two genotypes (each: genotype.json, run folder, DARTS text; "
+                        "FILE:NAME picks one Genotype of a text file)")
+    p.add_argument("--name", default=None, help="which NAME = Genotype(...) of a text file holding several")
+    p.add_argument("--out", default=None, help="output folder (default: <genotype folder>/render; --diff: ./diff)")
     p.add_argument("--format", default="svg,png", help="comma-separated: svg, png, pdf")
+
+    p = sub.add_parser("inspect", help="depth, op histogram, longest path and parameters of a genotype")
+    p.add_argument("genotype", help="genotype.json, a run folder, or a DARTS Genotype(...) text file")
+    p.add_argument("--name", default=None, help="which NAME = Genotype(...) of a text file holding several")
+    p.add_argument("--channels", type=int, default=None,
+                   help="channel width for op parameter counts (default: the genotype's space_config.channels)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
 
     p = sub.add_parser("retrain", help="train a genotype from scratch; writes model.pt, checkpoints, metrics")
     p.add_argument("genotype")
@@ -175,19 +189,66 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _genotype_argument(text: str, name: str | None = None):
+    """``PATH`` or ``PATH:NAME`` (one Genotype of a DARTS text file) -> (genotype, label)."""
+    from nas_restore.analysis import load_any_genotype
+
+    path = Path(text)
+    if not path.exists() and ":" in text:
+        text, name = text.rsplit(":", 1)
+        path = Path(text)
+    genotype = load_any_genotype(path, name=name)
+    label = " ".join(p for p in (str(path), name or (genotype.metadata or {}).get("name"),
+                                 genotype.genotype_id()) if p)
+    return genotype, label
+
+
 def cmd_render(args: argparse.Namespace) -> int:
-    from nas_restore.genotype import load_genotype
     from nas_restore.render import render_genotype
 
-    path = Path(args.genotype)
-    genotype = load_genotype(path)
-    out = Path(args.out) if args.out else (path if path.is_dir() else path.parent) / "render"
     formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
-    result = render_genotype(genotype, out, formats=formats)
+    if args.diff:
+        from nas_restore.analysis import diff_genotypes
+        from nas_restore.render import render_diff
+
+        if args.genotype is not None:
+            raise ValueError(f"render --diff A B takes no other genotype (got {args.genotype!r}); "
+                             "drop it or render it separately")
+        (a, a_label), (b, b_label) = (_genotype_argument(x) for x in args.diff)
+        diff = diff_genotypes(a, b, a_label, b_label)
+        result = render_diff(diff, Path(args.out or "diff"), formats=formats)
+        print(diff.summary())
+        for message in result.messages:
+            print(message, file=sys.stderr)
+        for written in result.paths:
+            print(written)
+        return 0
+    if args.genotype is None:
+        raise ValueError("render needs a GENOTYPE (genotype.json, run folder, DARTS text) or --diff A B")
+    path = Path(args.genotype)
+    out = Path(args.out) if args.out else (path if path.is_dir() else path.parent) / "render"
+    from nas_restore.render_run import is_run_folder, render_run
+
+    if is_run_folder(path):
+        if args.name:
+            raise ValueError("--name picks a Genotype(...) of a text file; a run folder has one genotype.json")
+        result = render_run(path, out, formats=formats)
+    else:
+        genotype, _ = _genotype_argument(args.genotype, args.name)
+        result = render_genotype(genotype, out, formats=formats)
     for message in result.messages:
         print(message, file=sys.stderr)
     for written in result.paths:
         print(written)
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from nas_restore.analysis import format_report, inspect_genotype
+
+    genotype, _ = _genotype_argument(args.genotype, args.name)
+    report = inspect_genotype(genotype, channels=args.channels)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else format_report(report))
     return 0
 
 
@@ -265,7 +326,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"demo": cmd_demo, "search": cmd_search, "render": cmd_render, "retrain": cmd_retrain,
+COMMANDS = {"demo": cmd_demo, "search": cmd_search, "render": cmd_render, "inspect": cmd_inspect,
+            "retrain": cmd_retrain,
             "evaluate": cmd_evaluate, "spaces": cmd_list, "strategies": cmd_list, "ops": cmd_list}
 
 

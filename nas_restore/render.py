@@ -25,6 +25,7 @@ from nas_restore.ops import op_family
 
 if TYPE_CHECKING:
     from nas_restore.genotype import CellGenotype, Genotype
+    from nas_restore.analysis import GenotypeDiff
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +49,24 @@ PNG_DPI = 200
 
 INPUT_NAMES = {1: ["c_{k-1}"], 2: ["c_{k-2}", "c_{k-1}"]}
 OUTPUT_NAME = "c_{k}"
+
+# What c_{k} of a DAG cell is, per space: DARTS concatenates the nodes; TMICS's cells fuse the concat
+# back to C channels and add the previous cell (search_spaces/tmics.py, CellOutput).
+DAG_OUTPUT_MEANINGS = {"tmics": "concat → 1×1 conv → + c_{k-1} (residual)"}
+DAG_OUTPUT_DEFAULT = "concat of its inputs"
+CHAIN_OUTPUT = "input + chain"
+
+# ``render --diff``: edges of the union of two cells, by where they occur.
+DIFF_COLORS = {"common": "#9a9a9a", "only_a": "#1f77b4", "only_b": "#ff7f0e", "changed": "#d62728"}
+DIFF_MEANINGS = {"common": "in A and B", "only_a": "only in A", "only_b": "only in B",
+                 "changed": "changed op: A op / B op"}
+
+
+def output_meaning(space: str | None, chain: bool) -> str:
+    """What the cell output ``c_{k}`` computes, in words, for the legend."""
+    if chain:
+        return CHAIN_OUTPUT
+    return DAG_OUTPUT_MEANINGS.get(space or "", DAG_OUTPUT_DEFAULT)
 
 
 @dataclass
@@ -193,6 +212,8 @@ def tmics_macro_graph(genotype: Genotype) -> nx.DiGraph:
 
 def _edge_style(data: dict) -> dict[str, str]:
     """Colour, label and line style of an edge: by op family for cell edges, grey for data flow."""
+    if "status" in data:  # the union of two cells (render --diff)
+        return _diff_edge_style(data)
     if "op" not in data:  # macro graph edge
         style = {"color": JOIN_COLOR, "label": data.get("label", "")}
         if data.get("kind") == "guide":
@@ -207,6 +228,19 @@ def _edge_style(data: dict) -> dict[str, str]:
     return {"color": color, "fontcolor": color, "label": op}
 
 
+def _diff_edge_style(data: dict) -> dict[str, str]:
+    status, op = data["status"], data["op"]
+    color = DIFF_COLORS[status]
+    style = {"color": color, "fontcolor": color, "label": "" if op in ("concat", "sum") else op}
+    if status == "common":
+        style["fontcolor"] = "#555555"
+    if status == "only_a" or (status == "common" and op == "residual"):
+        style["style"] = "dashed"
+    if status != "common":
+        style["penwidth"] = "2.6"
+    return style
+
+
 def _html_name(name: str) -> str:
     """``c_{k-2}`` -> c<SUB>k−2</SUB> for Graphviz HTML labels."""
     if name.startswith("c_{") and name.endswith("}"):
@@ -214,10 +248,15 @@ def _html_name(name: str) -> str:
     return html.escape(name)
 
 
-def _legend_table(graph: nx.MultiDiGraph, chain: bool) -> str:
+def _html_text(text: str) -> str:
+    """Plain legend text with ``c_{k-1}``-style names as HTML subscripts."""
+    return re.sub(r"c_\{[^}]*\}", lambda m: _html_name(m.group(0)), html.escape(text).replace("&#x27;", "'"))
+
+
+def _legend_table(graph: nx.MultiDiGraph, chain: bool, space: str | None = None) -> str:
     rows = ['<TR><TD COLSPAN="2"><B>Legend</B></TD></TR>']
     meanings = {"c_{k-2}": "output of cell k−2", "c_{k-1}": "output of cell k−1 (previous cell)",
-                OUTPUT_NAME: "cell output: input + chain" if chain else "cell output: concat of its inputs"}
+                OUTPUT_NAME: _html_text("cell output: " + output_meaning(space, chain))}
     for node, data in graph.nodes(data=True):
         if data["kind"] in ("input", "output"):
             meaning = meanings.get(node, "cell input")
@@ -248,8 +287,13 @@ def _new_digraph(name: str, title: str | None) -> graphviz.Digraph:
     return dot
 
 
-def cell_digraph(graph: nx.MultiDiGraph, title: str | None = None, legend: bool = True) -> graphviz.Digraph:
-    """Graphviz drawing of a :func:`cell_graph`, DARTS style, with a legend table on the right."""
+def cell_digraph(graph: nx.MultiDiGraph, title: str | None = None, legend: bool = True,
+                 space: str | None = None) -> graphviz.Digraph:
+    """Graphviz drawing of a :func:`cell_graph`, DARTS style, with a legend table on the right.
+
+    ``space`` picks the legend's meaning of ``c_{k}`` (default: ``graph.graph["space"]``, else DARTS's).
+    """
+    space = space if space is not None else graph.graph.get("space")
     dot = _new_digraph("cell", title)
     for node, data in graph.nodes(data=True):
         dot.node(node, label=f"<{_html_name(node)}>", fillcolor=NODE_COLORS[data["kind"]])
@@ -263,9 +307,29 @@ def cell_digraph(graph: nx.MultiDiGraph, title: str | None = None, legend: bool 
             same.edge(upper, lower, style="invis")
     if legend:
         chain = any(d["op"] == "residual" for *_, d in graph.edges(data=True))
-        dot.node("legend", label=_legend_table(graph, chain), shape="plaintext", style="", fontsize="14")
+        table = _diff_legend_table(graph) if _is_diff(graph) else _legend_table(graph, chain, space)
+        dot.node("legend", label=table, shape="plaintext", style="", fontsize="14")
         dot.edge(OUTPUT_NAME, "legend", style="invis")  # legend to the right of the output
     return dot
+
+
+def _is_diff(graph: nx.Graph) -> bool:
+    return any("status" in d for *_, d in graph.edges(data=True))
+
+
+def _diff_legend_table(graph: nx.MultiDiGraph) -> str:
+    a, b = graph.graph.get("a_label", "A"), graph.graph.get("b_label", "B")
+    rows = ['<TR><TD COLSPAN="2"><B>Legend</B></TD></TR>',
+            f'<TR><TD>A</TD><TD ALIGN="LEFT">{html.escape(a)}</TD></TR>',
+            f'<TR><TD>B</TD><TD ALIGN="LEFT">{html.escape(b)}</TD></TR>']
+    present = {d["status"] for *_, d in graph.edges(data=True)}
+    for status in DIFF_COLORS:
+        if status in present:
+            dash = " (dashed)" if status == "only_a" else ""
+            rows.append(f'<TR><TD BGCOLOR="{DIFF_COLORS[status]}"> </TD>'
+                        f'<TD ALIGN="LEFT">{DIFF_MEANINGS[status]}{dash}</TD></TR>')
+    return ('<<TABLE BORDER="0" CELLBORDER="1" CELLSPACING="0" CELLPADDING="4">'
+            + "".join(rows) + "</TABLE>>")
 
 
 def macro_digraph(graph: nx.DiGraph, title: str | None = None) -> graphviz.Digraph:
@@ -406,7 +470,7 @@ def draw_graph_matplotlib(graph: nx.DiGraph | nx.MultiDiGraph, ax, title: str | 
         shrink_b = _box_exit(half[v], x2 - cx, y2 - cy) * points_per_unit + 1
         ax.add_patch(FancyArrowPatch(
             (x1, y1), (x2, y2), connectionstyle=f"arc3,rad={rad}", arrowstyle="-|>", mutation_scale=10,
-            color=style["color"], lw=1.2, shrinkA=shrink_a, shrinkB=shrink_b, zorder=1,
+            color=style["color"], lw=1.2 * float(style.get("penwidth", 1.6)) / 1.6, shrinkA=shrink_a, shrinkB=shrink_b, zorder=1,
             linestyle="--" if style.get("style") == "dashed" else "-"))
         if style.get("label"):  # at t along the quadratic Bezier that arc3 draws
             mx = (1 - t) ** 2 * x1 + 2 * t * (1 - t) * cx + t ** 2 * x2
@@ -420,12 +484,21 @@ def draw_graph_matplotlib(graph: nx.DiGraph | nx.MultiDiGraph, ax, title: str | 
                 bbox={"boxstyle": "square,pad=0.4", "fc": NODE_COLORS[data["kind"]], "ec": "black", "lw": 1.0})
     if title:
         ax.set_title(title, fontsize=11, family="serif")
-    if legend and graph.is_multigraph():
+    if legend and graph.is_multigraph() and _is_diff(graph):
+        present = {d["status"] for *_, d in graph.edges(data=True)}
+        handles = [Line2D([], [], color=DIFF_COLORS[s], lw=2, linestyle="--" if s == "only_a" else "-",
+                          label=DIFF_MEANINGS[s]) for s in DIFF_COLORS if s in present]
+        ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=2, frameon=False,
+                  prop={"family": "serif", "size": 7}, title_fontproperties={"family": "serif", "size": 7},
+                  title=f"A = {graph.graph.get('a_label', 'A')}    B = {graph.graph.get('b_label', 'B')}")
+    elif legend and graph.is_multigraph():
         inputs = [n for n, d in graph.nodes(data=True) if d["kind"] == "input"]
+        chain = any(d["op"] == "residual" for *_, d in graph.edges(data=True))
         cells = ", ".join(n[3:-1].replace("-", "−") for n in inputs if n.startswith("c_{"))
         handles = [Patch(fc=NODE_COLORS["input"], ec="black",
                          label=", ".join(_mpl_label(n) for n in inputs) + f": outputs of cells {cells}"),
-                   Patch(fc=NODE_COLORS["output"], ec="black", label="$c_{k}$: cell output")]
+                   Patch(fc=NODE_COLORS["output"], ec="black", label="$c_{k}$: cell output: " + re.sub(
+                       r"c_\{([^}]*)\}", r"$c_{\1}$", output_meaning(graph.graph.get("space"), chain)))]
         families = sorted({op_family(d["op"]) for *_, d in graph.edges(data=True)
                            if d["op"] not in ("concat", "sum", "residual")},
                           key=list(FAMILY_COLORS).index)
@@ -479,6 +552,7 @@ def render_genotype(genotype: Genotype, out_dir: str | Path, formats: Iterable[s
     figures: list[tuple[str, nx.Graph, graphviz.Digraph, str]] = []
     for name, cell in genotype.cells.items():
         graph = cell_graph(cell)
+        graph.graph["space"] = genotype.space  # the legend says what c_{k} is in this space
         title = f"{name} {'chain cell' if cell.kind == 'chain' else 'cell'}"
         stem = "cell_" + re.sub(r"[^A-Za-z0-9_.-]+", "_", name)  # a cell name is not trusted as a path
         figures.append((stem, graph, cell_digraph(graph, title=title), title))
@@ -622,3 +696,60 @@ def _draw_overview_matplotlib(genotype: Genotype, graphs: list[tuple[str, nx.Gra
             left += aw + gap
         top -= h
     fig.savefig(path, dpi=PNG_DPI / 2, bbox_inches="tight", pad_inches=0.1)
+
+
+# --------------------------------------------------------------------------------------------------
+# differences between two genotypes
+
+
+def render_diff(diff: GenotypeDiff, out_dir: str | Path, formats: Iterable[str] = ("svg", "png"),
+                use_dot: bool | None = None) -> RenderResult:
+    """Write ``diff_<cell>.gv`` (+ ``formats``) per cell and ``diff.txt`` (the text summary) into ``out_dir``.
+
+    Each drawing is the union of the cell in A and in B (:func:`nas_restore.analysis.diff_genotypes`):
+    common edges grey, A-only blue dashed, B-only orange, a changed op on the same pair of nodes red
+    with "A op / B op"; the title states the macro differences.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    formats = [f.lower().lstrip(".") for f in formats if f.lower().lstrip(".") != "gv"]
+    if use_dot is None:
+        use_dot = shutil.which("dot") is not None
+    result = RenderResult(dot_available=use_dot)
+    if not use_dot:
+        _note_no_dot(result)
+    bad = [f for f in formats if f not in (set(graphviz.FORMATS) if use_dot else set(MPL_FORMATS))]
+    if bad:
+        raise ValueError(f"cannot write format(s) {bad}; choose from "
+                         f"{', '.join(sorted(graphviz.FORMATS if use_dot else MPL_FORMATS))}")
+    macro = "; ".join(f"{k}: A {a} / B {b}" for k, (a, b) in diff.macro.items()) or "same macro"
+    summary = out_dir / "diff.txt"
+    summary.write_text(diff.summary() + "\n", encoding="utf-8")
+    result.paths.append(summary)
+    for name, cell in diff.cells.items():
+        graph = cell.graph
+        graph.graph.update(a_label=diff.a_label, b_label=diff.b_label)
+        changed = "identical" if cell.identical else (
+            f"only in {cell.presence[-1].upper()}" if cell.presence != "both"
+            else f"{cell.num_changed} op edge(s) differ")
+        title = f"cell {name}: {changed} ({macro})"
+        stem = "diff_" + re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+        dot = cell_digraph(graph, title=title)
+        (out_dir / f"{stem}.gv").write_text(dot.source, encoding="utf-8")
+        result.paths.append(out_dir / f"{stem}.gv")
+        for fmt in formats:
+            path = out_dir / f"{stem}.{fmt}"
+            if result.dot_available:
+                try:
+                    path.write_bytes(_pipe(dot, fmt))
+                    result.paths.append(path)
+                    continue
+                except graphviz.ExecutableNotFound:
+                    result.dot_available = False
+                    _note_no_dot(result)
+            if fmt not in MPL_FORMATS:
+                raise ValueError(f"without Graphviz 'dot', {fmt!r} cannot be drawn; use one of {MPL_FORMATS}")
+            _save_matplotlib(graph, path, title)
+            result.paths.append(path)
+    logger.info("rendered the difference of %s and %s into %s", diff.a_label, diff.b_label, out_dir)
+    return result

@@ -174,3 +174,36 @@ def test_fallback_when_dot_fails_to_run(darts, monkeypatch, tmp_path):
 def test_unknown_format_is_rejected(darts, tmp_path):
     with pytest.raises(ValueError, match="format"):
         render.render_genotype(darts["DARTS_V2"], tmp_path, formats=("bogus",), use_dot=False)
+
+
+def test_legend_says_what_the_cell_output_is_per_space(darts, tmp_path):
+    from tests.test_genotype import tmics_genotype
+
+    render.render_genotype(tmics_genotype(), tmp_path / "t", formats=(), overview=False)
+    tmics_dag = (tmp_path / "t" / "cell_dna.gv").read_text()
+    assert "1×1 conv" in tmics_dag and "(residual)" in tmics_dag and "concat of its inputs" not in tmics_dag
+    render.render_genotype(darts["DARTS_V2"], tmp_path / "d", formats=(), overview=False)
+    darts_gv = (tmp_path / "d" / "cell_normal.gv").read_text()
+    assert "cell output: concat of its inputs" in darts_gv and "1×1 conv" not in darts_gv
+    assert "input + chain" in (render.cell_digraph(render.cell_graph(_tmics().cells["dna"]))).source
+    assert render.output_meaning("tmics", chain=False).startswith("concat → 1×1 conv")
+
+
+def test_diff_drawing_styles_edges_by_status_and_falls_back_without_dot(darts, tmp_path, caplog):
+    from nas_restore.analysis import diff_genotypes
+
+    diff = diff_genotypes(darts["DARTS_V1"], darts["DARTS_V2"], "V1", "V2")
+    # DARTS_V1 vs V2 normal cells: three edges keep their nodes but change op
+    assert sorted(diff.cells["normal"].changed) == [("0", "3", "skip_connect", "dil_conv_3x3"),
+                                                    ("c_{k-2}", "1", "skip_connect", "sep_conv_3x3"),
+                                                    ("c_{k-2}", "3", "sep_conv_3x3", "skip_connect")]
+    assert not diff.cells["normal"].only_a and not diff.cells["normal"].only_b
+    with caplog.at_level(logging.WARNING, logger="nas_restore.render"):
+        result = render.render_diff(diff, tmp_path, formats=("png",), use_dot=False)
+    assert render.NO_DOT_MESSAGE in result.messages
+    source = (tmp_path / "diff_normal.gv").read_text()
+    assert source.count(render.DIFF_COLORS["changed"]) >= 3 and "skip_connect / dil_conv_3x3" in source
+    reduce = (tmp_path / "diff_reduce.gv").read_text()
+    assert "dashed" in reduce and render.DIFF_COLORS["only_b"] in reduce  # a moved max_pool edge
+    assert mpimg.imread(tmp_path / "diff_normal.png").shape[1] > 500
+    assert "cell normal: 3 op edge(s) differ" in (tmp_path / "diff.txt").read_text()

@@ -51,8 +51,7 @@ def load_any_genotype(path: str | Path, name: str | None = None) -> Genotype:
                                 "(runs/NAME), a genotype.json or a DARTS Genotype(...) text file")
         path = path / "genotype.json"
     if not path.is_file():
-        raise GenotypeError(f"genotype file {path} does not exist: give a genotype.json, a search run folder "
-                            "or a DARTS Genotype(...) text file")
+        return load_genotype(path)  # a built-in reference name (tmics-heavy, ...), or a clear error
     text = path.read_text()
     if text.lstrip().startswith("{"):
         if name is not None:

@@ -176,8 +176,9 @@ class Genotype:
             raise GenotypeError(f"genotype version {version} is not supported (this nas-restore reads version "
                                 f"{FORMAT_VERSION}); upgrade nas-restore")
         _require_keys(data, ("space", "cells"), "genotype")
-        if not isinstance(data["cells"], dict) or not data["cells"]:
-            raise GenotypeError("genotype.cells must be a non-empty object: {cell name: cell}")
+        if not isinstance(data["cells"], dict) or not (data["cells"] or data.get("macro")):
+            raise GenotypeError("genotype.cells must be an object {cell name: cell}, non-empty unless the "
+                                "architecture is all macro choices")
         cells = {name: CellGenotype.from_dict(c, f"cells.{name}") for name, c in data["cells"].items()}
         return cls(
             space=str(data["space"]),
@@ -216,8 +217,13 @@ def load_genotype(path: str | Path, validate: bool = True) -> Genotype:
     if path.is_dir() and (path / "genotype.json").exists():
         path = path / "genotype.json"
     if not path.exists():
+        from search_spaces.reference import find_reference, reference_names  # local: spaces import this module
+
+        reference = find_reference(str(path))
+        if reference is not None:
+            return reference
         raise GenotypeError(f"genotype file {path} does not exist: give the genotype.json of a search run "
-                            f"(runs/NAME/genotype.json) or a built-in name (see `nas-restore genotypes`)")
+                            f"(runs/NAME/genotype.json) or a built-in name ({', '.join(reference_names())})")
     text = path.read_text()
     if text.lstrip().startswith("{"):
         try:

@@ -142,3 +142,62 @@ def _search_module_class() -> type:
 
 
 SearchModule = _search_module_class()
+
+
+# --------------------------------------------------------------------------------------------------
+# helpers for search spaces (user spaces, chain cells) and the search-step benchmark
+
+from nni.mutable import label_scope  # noqa: E402  (hierarchical labels "<scope>/<label>"; "/" is not allowed in one)
+
+
+def is_model_space_class(obj: Any) -> bool:
+    """Whether ``obj`` is a subclass of NNI's ``ModelSpace`` (what a user's space file must define)."""
+    return isinstance(obj, type) and issubclass(obj, ModelSpace) and obj is not ModelSpace
+
+
+def space_init_signature(space_class: type) -> Any:
+    """The signature of a space's own ``__init__`` (NNI wraps it to record the arguments)."""
+    import inspect
+
+    return inspect.signature(getattr(space_class, "_init_wrapped", None) or space_class.__init__)
+
+
+def architecture_choices(space: ModelSpace) -> dict[str, list[Any]]:
+    """Every label of a space with its candidate values (shared labels once)."""
+    return {label: list(getattr(mutable, "values", [])) for label, mutable in space.simplify().items()}
+
+
+def check_architecture(space: ModelSpace, arch: dict[str, Any]) -> str | None:
+    """Why ``arch`` is not an architecture of ``space`` (a missing or unknown label, a bad value), or None."""
+    unknown = sorted(set(arch) - set(space.simplify()))
+    if unknown:
+        return f"labels {unknown} are not choices of the space"
+    error = space.check_contains(arch)
+    return None if error is None else str(error)
+
+
+def frozen_model(space_class: type, arch: dict[str, Any], settings: dict[str, Any]) -> torch.nn.Module:
+    """A space's network for one architecture, built directly (no supernet): NNI's ``model_context``."""
+    from nni.nas.space import model_context
+
+    with model_context(arch):
+        return space_class(**settings)
+
+
+def random_architecture(space: ModelSpace, seed: int = 0) -> dict[str, Any]:
+    """One architecture drawn at random from ``space`` (NNI wants a numpy RandomState)."""
+    import numpy as np
+
+    arch: dict[str, Any] = {}
+    space.random(memo=arch, random_state=np.random.RandomState(seed))
+    return json.loads(json.dumps(arch))
+
+
+def darts_supernet(space: ModelSpace, **options: Any) -> ModelSpace:
+    """The supernet NNI's DARTS trains, made in place from ``space`` (mixed ops, one alpha per label).
+
+    Its alphas are read with :func:`labelled_alphas`; the weights are every other parameter.
+    """
+    from nni.nas.strategy import DARTS
+
+    return DARTS(**options).mutate_model(space)

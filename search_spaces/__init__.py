@@ -1,31 +1,45 @@
-"""Search spaces, found by name.
+"""Search spaces, found by name or by file.
 
 A space registers a :class:`SpaceSpec`: how to build its NNI ``ModelSpace`` for a search, how to turn
 an NNI architecture dict into a :class:`~nas_restore.genotype.Genotype`, and how to build the plain
 ``nn.Module`` of a genotype (no NNI at inference).
+
+A user's own space needs no registration: ``find_space("path/to/file.py:ClassName")`` imports the
+file and wraps the NNI ``ModelSpace`` subclass in a :class:`SpaceSpec` (:func:`user_space`). Its
+genotype is a generic one: NNI ``Cell`` choices become cells, every other choice goes to ``macro``.
+Its network is the user's class frozen on the architecture (a user's space has no plain twin), so it
+may still hold NNI classes; its weights are plain torch.
 """
 
 from __future__ import annotations
 
 import difflib
+import hashlib
+import importlib.util
+import inspect
+import re
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 from nas_restore.genotype import Genotype, GenotypeError
 
 _SPACES: dict[str, "SpaceSpec"] = {}
+_USER_SPACES: dict[tuple[str, str, float], "SpaceSpec"] = {}
 
 
 @dataclass
 class SpaceSpec:
     name: str
     description: str
-    config_class: type
+    config_class: Any                                    # has from_dict(values) -> config (with .frames, .to_dict())
     make_space: Callable[..., Any]                       # (config) -> nni ModelSpace
     make_network: Callable[[Genotype], Any]              # genotype -> plain nn.Module
     to_genotype: Callable[[dict, Any, dict], Genotype]   # (nni arch dict, config, metadata) -> Genotype
     validate_genotype: Callable[[Genotype], Genotype]
     presets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    to_nni_arch: Callable[[Genotype], dict[str, Any]] | None = None  # genotype -> NNI architecture dict
 
     def config(self, preset: str | None = None, **overrides: Any) -> Any:
         """The space's config: its defaults, then a named preset, then explicit overrides."""
@@ -38,21 +52,30 @@ class SpaceSpec:
         return self.config_class.from_dict(values)
 
 
+class SpaceLoadError(ValueError):
+    """A user's space file that cannot be used; the message names the file, the class and the fix."""
+
+
 def register_space(spec: SpaceSpec) -> SpaceSpec:
     _SPACES[spec.name] = spec
     return spec
 
 
 def find_space(name: str, missing_ok: bool = False) -> SpaceSpec | None:
+    """A registered space by name (``tmics``), or a user's ``path/to/file.py:ClassName``."""
     _load_builtin()
     if name in _SPACES:
         return _SPACES[name]
+    if is_space_path(name):
+        if missing_ok and not Path(name.rpartition(":")[0]).expanduser().is_file():
+            return None
+        return user_space(name)
     if missing_ok:
         return None
     close = difflib.get_close_matches(name, list(_SPACES), n=3)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
     raise KeyError(f"unknown search space {name!r}; known spaces: {', '.join(sorted(_SPACES))}.{hint} "
-                   "(list them with `nas-restore spaces`)")
+                   "(list them with `nas-restore spaces`, or give your own as path/to/file.py:ClassName)")
 
 
 def list_spaces() -> list[SpaceSpec]:
@@ -65,4 +88,197 @@ def _load_builtin() -> None:
         from search_spaces import tmics  # noqa: F401  (registers itself)
 
 
-__all__ = ["SpaceSpec", "register_space", "find_space", "list_spaces", "GenotypeError"]
+# --------------------------------------------------------------------------------------------------
+# a user's own space from a file
+
+
+def is_space_path(name: str) -> bool:
+    """``something.py:ClassName`` (or ``something.py`` alone, which then asks for the class)."""
+    file_part = name.rpartition(":")[0] if ":" in name else name
+    return file_part.endswith(".py")
+
+
+@dataclass
+class UserSpaceConfig:
+    """A user space's settings: the keyword arguments of its constructor, plus the frames it reads."""
+
+    settings: dict[str, Any] = field(default_factory=dict)
+    frames: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.settings)
+
+
+class _UserConfigFactory:
+    """``from_dict`` for a user space: checks the keys against the constructor's parameters."""
+
+    def __init__(self, space_class: type, where: str):
+        from nas_restore.nni_layer import space_init_signature
+
+        self.where = where
+        self.parameters = {n: p for n, p in space_init_signature(space_class).parameters.items() if n != "self"}
+        self.takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in self.parameters.values())
+        self.class_frames = getattr(space_class, "frames", None)
+
+    def from_dict(self, values: dict[str, Any]) -> UserSpaceConfig:
+        from nas_restore.config import ConfigError
+
+        known = [n for n, p in self.parameters.items()
+                 if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
+        unknown = [k for k in values if k not in known]
+        if unknown and not self.takes_any:
+            parts = []
+            for key in unknown:
+                close = difflib.get_close_matches(key, known, n=1)
+                parts.append(f"space.{key}" + (f" (did you mean space.{close[0]}?)" if close else ""))
+            raise ConfigError(f"unknown setting(s) {', '.join(parts)} for {self.where}; its constructor takes "
+                              f"{', '.join(known) or 'no arguments'}")
+        missing = [n for n, p in self.parameters.items() if p.default is inspect.Parameter.empty
+                   and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+                   and n not in values]
+        if missing:
+            raise ConfigError(f"{self.where} needs the setting(s) {', '.join(missing)}: give them in "
+                              "space_settings (YAML) or as overrides")
+        return UserSpaceConfig(settings=dict(values), frames=self._frames(values))
+
+    def _frames(self, values: dict[str, Any]) -> int:
+        """The window length the data loader must give: ``frames`` setting, its default, or the class's."""
+        frames = values.get("frames")
+        if frames is None and "frames" in self.parameters:
+            default = self.parameters["frames"].default
+            frames = None if default is inspect.Parameter.empty else default
+        if frames is None:
+            frames = self.class_frames if isinstance(self.class_frames, int) else 1
+        if not isinstance(frames, int) or frames < 1 or frames % 2 == 0:
+            from nas_restore.config import ConfigError
+
+            raise ConfigError(f"{self.where}: frames must be an odd integer >= 1 (a window centred on t), "
+                              f"got {frames!r}")
+        return frames
+
+
+def user_space(spec: str) -> SpaceSpec:
+    """Wrap the NNI ``ModelSpace`` class ``path/to/file.py:ClassName`` in a :class:`SpaceSpec`."""
+    space_class, name = load_space_class(spec)
+    path = Path(name.rpartition(":")[0])
+    key = (str(path), space_class.__name__, path.stat().st_mtime)
+    if key in _USER_SPACES:
+        return _USER_SPACES[key]
+    where = f"space {name}"
+    presets = {"cpu": {}}  # the default preset of `nas-restore search`: the constructor's own defaults
+    presets.update(getattr(space_class, "PRESETS", None) or {})
+    doc = inspect.getdoc(space_class) or f"user space {space_class.__name__}"
+
+    def make_space(config: UserSpaceConfig) -> Any:
+        return space_class(**config.settings)
+
+    def to_genotype(arch: dict[str, Any], config: UserSpaceConfig, metadata: dict[str, Any] | None = None) -> Genotype:
+        cells, macro = generic_cells(arch)
+        genotype = Genotype(space=name, cells=cells, macro=macro, space_config=config.to_dict(),
+                            metadata=dict(metadata or {}))
+        return validate_genotype(genotype)
+
+    def to_nni_arch(genotype: Genotype) -> dict[str, Any]:
+        from nas_restore.genotype import cells_to_nni_arch
+
+        return {**cells_to_nni_arch(genotype.cells), **genotype.macro}
+
+    def validate_genotype(genotype: Genotype) -> Genotype:
+        from nas_restore.nni_layer import check_architecture
+
+        genotype.validate()
+        config = config_factory.from_dict(genotype.space_config)
+        problem = check_architecture(space_class(**config.settings), to_nni_arch(genotype))
+        if problem:
+            raise GenotypeError(f"the genotype does not fit {where}: {problem}")
+        return genotype
+
+    def make_network(genotype: Genotype) -> Any:
+        from nas_restore.nni_layer import frozen_model
+
+        config = config_factory.from_dict(genotype.space_config)
+        return frozen_model(space_class, to_nni_arch(genotype), config.settings)
+
+    config_factory = _UserConfigFactory(space_class, where)
+    result = SpaceSpec(name=name, description=doc.splitlines()[0], config_class=config_factory,
+                       make_space=make_space, make_network=make_network, to_genotype=to_genotype,
+                       validate_genotype=validate_genotype, presets=presets, to_nni_arch=to_nni_arch)
+    _USER_SPACES[key] = result
+    return result
+
+
+def load_space_class(spec: str) -> tuple[type, str]:
+    """Import ``path/to/file.py:ClassName``; returns the class and the canonical name (absolute path)."""
+    from nas_restore.nni_layer import is_model_space_class
+
+    file_part, sep, class_name = spec.rpartition(":")
+    if not sep:
+        file_part, class_name = spec, ""
+    path = Path(file_part).expanduser()
+    if not path.is_file():
+        raise SpaceLoadError(f"search space file {path} does not exist (from {spec!r}); give "
+                             "path/to/file.py:ClassName, the path relative to where you run the command")
+    path = path.resolve()
+    module = _import_file(path)
+    spaces = sorted(n for n, obj in vars(module).items()
+                    if is_model_space_class(obj) and obj.__module__ == module.__name__)
+    if not class_name:
+        raise SpaceLoadError(f"{spec!r} names no class: write {file_part}:ClassName"
+                             + (f" (its model spaces: {', '.join(spaces)})" if spaces else ""))
+    if not hasattr(module, class_name):
+        close = difflib.get_close_matches(class_name, spaces or list(vars(module)), n=2)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise SpaceLoadError(f"{path} has no class {class_name!r}.{hint} Model spaces defined there: "
+                             f"{', '.join(spaces) or 'none'}")
+    space_class = getattr(module, class_name)
+    if not is_model_space_class(space_class):
+        kind = type(space_class).__name__ if not isinstance(space_class, type) else f"class {space_class.__name__}"
+        raise SpaceLoadError(f"{path}:{class_name} is a {kind}, not an NNI model space: derive it from "
+                             "nas_restore.nni_layer.ModelSpace (nni.nas.nn.pytorch.ModelSpace) and put its choices "
+                             "on LayerChoice / InputChoice / Cell")
+    return space_class, f"{path}:{class_name}"
+
+
+def _import_file(path: Path) -> Any:
+    """Import a .py file as a module of its own (registered in ``sys.modules``: NNI and pickling need it)."""
+    module_name = "nas_restore_user_space_" + hashlib.sha1(str(path).encode()).hexdigest()[:10]
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise SpaceLoadError(f"cannot import {path}: is it a Python file?")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as err:  # noqa: BLE001  (any error in the user's file: say where it came from)
+        del sys.modules[module_name]
+        raise SpaceLoadError(f"importing {path} failed: {type(err).__name__}: {err}") from err
+    return module
+
+
+_CELL_KEY = re.compile(r"^(?P<cell>.+)/(?:op|input)_(?P<node>\d+)_\d+$")
+
+
+def generic_cells(arch: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """NNI ``Cell`` keys -> cells (each with its own number of inputs), everything else -> macro."""
+    from nas_restore.genotype import cells_from_nni_arch
+
+    by_cell: dict[str, dict[str, Any]] = {}
+    macro: dict[str, Any] = {}
+    for key, value in arch.items():
+        m = _CELL_KEY.match(key)
+        if m:
+            by_cell.setdefault(m["cell"], {})[key] = value
+        else:
+            macro[key] = value
+    cells = {}
+    for name, keys in by_cell.items():
+        # NNI numbers a cell's nodes after its inputs: the first node number is the number of inputs
+        n_inputs = min(int(_CELL_KEY.match(k)["node"]) for k in keys)
+        found, rest = cells_from_nni_arch(keys, n_inputs=n_inputs)
+        cells.update(found)
+        macro.update(rest)
+    return cells, macro
+
+
+__all__ = ["SpaceSpec", "SpaceLoadError", "UserSpaceConfig", "register_space", "find_space", "list_spaces",
+           "user_space", "load_space_class", "generic_cells", "GenotypeError"]

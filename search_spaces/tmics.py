@@ -9,18 +9,31 @@ Deraining" (IEEE TIP 2022); see ../shared/seeds/RESEARCH.md. The network:
     CNA (companion): features -> searched "cna" cells -> centre + head
     AAS fusion:      out = lambda * DNA + (1 - lambda) * CNA, lambda from a small attention module
 
-The alignment is a macro choice (an NNI ``LayerChoice`` labelled ``alignment``); each branch's cells
-share one DARTS-style cell architecture (NNI ``Cell`` with op factories, labels ``dna`` and ``cna``),
-so NNI's DARTS builds the paper's per-edge relaxation. :class:`TMICSNet` is the plain ``nn.Module``
-a genotype builds to: the same blocks, no NNI.
+The alignment is a macro choice (an NNI ``LayerChoice`` labelled ``alignment``). Each branch's cells
+share one cell architecture, of one of two kinds (``TMICSConfig.cell``):
+
+* ``"dag"``: DARTS-style cells (NNI ``Cell`` with op factories, labels ``dna`` and ``cna``), so NNI's
+  DARTS builds the paper's per-edge relaxation;
+* ``"chain"``: TMICS's released cell, ``nodes_per_cell`` operations in sequence plus the cell input,
+  one ``LayerChoice`` per position labelled ``<branch>/chain_<i>`` (shared by the cells of a branch).
+
+OFM's flow (``TMICSConfig.flow``) is either learned with the network (:class:`CompactFlow`, from zero
+flow) or classical (:class:`ClassicalFlow`: scikit-image's iterative Lucas-Kanade on grey frames, no
+gradient, cached per clip window). :class:`TMICSNet` is the plain ``nn.Module`` a genotype builds to:
+the same blocks, no NNI. The released TMICS networks are the reference genotypes ``tmics-heavy`` and
+``tmics-light`` (:mod:`search_spaces.reference`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
+import re
+from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -30,6 +43,8 @@ from nas_restore.ops import build_op, op_names
 from search_spaces import SpaceSpec, register_space
 
 ALIGNMENTS = ("ofm", "tgm")
+FLOWS = ("learned", "classical")
+CELL_KINDS = ("dag", "chain")
 CELL_NAMES = ("dna", "cna")
 N_CELL_INPUTS = 2  # DARTS-style cells take the two previous cell outputs
 
@@ -53,6 +68,8 @@ class TMICSConfig:
     fusion_mode: str = "channel"          # AAS lambda per channel ("channel") or per pixel ("pixel")
     rain_kernels: int = 16                # feature channels convolved with the learnable rain kernels
     rain_kernel_size: int = 9
+    flow: str = "learned"                 # OFM's flow: "learned" (CompactFlow) or "classical" (scikit-image)
+    cell: str = "dag"                     # "dag" (DARTS cells) or "chain" (TMICS's released cells, nodes_per_cell ops)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TMICSConfig":
@@ -78,6 +95,10 @@ class TMICSConfig:
             raise ValueError(f"alignments {bad} unknown; allowed: {', '.join(ALIGNMENTS)}")
         if self.fusion_mode not in ("channel", "pixel"):
             raise ValueError(f"fusion_mode is {self.fusion_mode!r}; allowed: channel, pixel")
+        if self.flow not in FLOWS:
+            raise ValueError(f"flow is {self.flow!r}; allowed: {', '.join(FLOWS)}")
+        if self.cell not in CELL_KINDS:
+            raise ValueError(f"cell is {self.cell!r}; allowed: {', '.join(CELL_KINDS)}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -152,19 +173,123 @@ class CompactFlow(nn.Module):
         return flow + self.refine(torch.cat([centre, warped, flow], 1))
 
 
-class OpticalFlowAlignment(nn.Module):
-    """OFM: warp every neighbour onto the centre frame, then encode the aligned stack."""
+class FlowCache:
+    """A least-recently-used store of classical flows, keyed by a hash of a clip window's pixels.
 
-    def __init__(self, frames: int, channels: int):
+    Bounded in bytes, not entries (a 5-frame window's flows take 4 x 2 x H x W float32: 128 KiB at 64x64,
+    4.7 MiB at 320x480). Keyed by content, so the same window gets its flow back whatever its batch
+    or position, epoch after epoch; a randomly cropped or augmented window is a new key.
+    """
+
+    def __init__(self, max_bytes: int = 512 * 2**20):
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[str, np.ndarray] = OrderedDict()
+        self.bytes = 0
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: str) -> np.ndarray | None:
+        value = self._items.get(key)
+        if value is None:
+            self.misses += 1
+            return None
+        self._items.move_to_end(key)
+        self.hits += 1
+        return value
+
+    def put(self, key: str, value: np.ndarray) -> None:
+        if key in self._items or value.nbytes > self.max_bytes:
+            return
+        self._items[key] = value
+        self.bytes += value.nbytes
+        while self.bytes > self.max_bytes:
+            _, old = self._items.popitem(last=False)
+            self.bytes -= old.nbytes
+
+    def clear(self) -> None:
+        self._items.clear()
+        self.bytes = self.hits = self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+CLASSICAL_FLOW_CACHE = FlowCache()
+
+
+def classical_flow(reference: np.ndarray, moving: np.ndarray, radius: int = 7, num_warp: int = 10) -> np.ndarray:
+    """Flow [2, H, W] (x, y) with ``moving(p + flow(p)) ~ reference(p)``, from two [3, H, W] RGB frames.
+
+    scikit-image's iterative Lucas-Kanade on the grey images: the backward-warping flow that
+    :func:`flow_warp` needs to bring ``moving`` onto ``reference``.
+    """
+    from skimage.color import rgb2gray
+    from skimage.registration import optical_flow_ilk
+
+    ref = rgb2gray(np.moveaxis(reference, 0, -1))
+    mov = rgb2gray(np.moveaxis(moving, 0, -1))
+    v, u = optical_flow_ilk(ref, mov, radius=radius, num_warp=num_warp)
+    return np.stack([u, v]).astype(np.float32)
+
+
+class ClassicalFlow(nn.Module):
+    """Flow from the centre frame to every neighbour by a classical method: no weights, no gradient.
+
+    The stand-in for the pretrained RAFT of TMICS's light network (no weights can be downloaded
+    here). It runs in numpy on the CPU, window by window: about 36 ms per frame pair at 64x64 and
+    1.2-1.6 s at 320x480 on this project's 2-core CPU (4 pairs per 5-frame window), plus a copy to
+    the CPU and back on a GPU. Flows are cached per window (:class:`FlowCache`), so repeated epochs
+    over the same windows pay it once.
+    """
+
+    def __init__(self, cache: FlowCache | None = None):
         super().__init__()
+        self._own_cache = cache  # None: the shared module-level cache (not copied with the model)
+
+    @property
+    def cache(self) -> FlowCache:
+        return self._own_cache if self._own_cache is not None else CLASSICAL_FLOW_CACHE
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        """[B, T, 3, H, W] -> flows [B, T, 2, H, W] from the centre frame to each frame (zero at the centre)."""
+        clips = frames.detach().float().cpu().numpy()
+        b, t, _, h, w = clips.shape
+        c = t // 2
+        out = np.empty((b, t, 2, h, w), dtype=np.float32)
+        for i, clip in enumerate(clips):
+            clip = np.ascontiguousarray(clip)
+            key = f"{clip.shape}:" + hashlib.blake2b(clip.tobytes(), digest_size=16).hexdigest()
+            flows = self.cache.get(key)
+            if flows is None:
+                flows = np.zeros((t, 2, h, w), dtype=np.float32)
+                for k in range(t):
+                    if k != c:
+                        flows[k] = classical_flow(clip[c], clip[k])
+                self.cache.put(key, flows)
+            out[i] = flows
+        return torch.from_numpy(out).to(device=frames.device, dtype=frames.dtype)
+
+
+class OpticalFlowAlignment(nn.Module):
+    """OFM: warp every neighbour onto the centre frame (learned or classical flow), then encode the stack."""
+
+    def __init__(self, frames: int, channels: int, flow: str = "learned"):
+        super().__init__()
+        if flow not in FLOWS:
+            raise ValueError(f"flow is {flow!r}; allowed: {', '.join(FLOWS)}")
         self.frames = frames
-        self.flow = CompactFlow()
+        self.flow = CompactFlow() if flow == "learned" else ClassicalFlow()
         self.encode = nn.Sequential(conv(3 * frames, channels), nn.PReLU(channels), ResidualUnit(channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = x.shape[1] // 2
         centre = x[:, c]
-        aligned = [centre if t == c else flow_warp(x[:, t], self.flow(centre, x[:, t])) for t in range(x.shape[1])]
+        if isinstance(self.flow, ClassicalFlow):
+            flows = self.flow(x)
+            aligned = [centre if t == c else flow_warp(x[:, t], flows[:, t]) for t in range(x.shape[1])]
+        else:
+            aligned = [centre if t == c else flow_warp(x[:, t], self.flow(centre, x[:, t]))
+                       for t in range(x.shape[1])]
         return self.encode(torch.cat(aligned, 1))
 
 
@@ -202,6 +327,15 @@ class SingleFrameEncoder(nn.Module):
 
 
 ALIGNMENT_MODULES = {"ofm": OpticalFlowAlignment, "tgm": TemporalGroupAlignment}
+
+
+def make_alignment(name: str, config: "TMICSConfig") -> nn.Module:
+    """The alignment module ``name`` (ofm, tgm) for a config; image mode (1 frame) has none to choose."""
+    if config.frames == 1:
+        return SingleFrameEncoder(1, config.channels)
+    if name == "ofm":
+        return OpticalFlowAlignment(config.frames, config.channels, flow=config.flow)
+    return ALIGNMENT_MODULES[name](config.frames, config.channels)
 
 
 def streak_kernels(out_channels: int, in_channels: int, size: int) -> torch.Tensor:
@@ -287,11 +421,19 @@ class DagCell(nn.Module):
 
 
 class ChainCell(nn.Module):
-    """TMICS's released cell: the operations applied in sequence, plus the cell input."""
+    """TMICS's released cell: the operations applied in sequence, plus the cell input.
 
-    def __init__(self, cell: CellGenotype, channels: int):
+    Built from a genotype (plain network) or from a sequence of modules (the NNI space's chain of
+    ``LayerChoice``), so both have the same parameter names.
+    """
+
+    def __init__(self, cell: CellGenotype | None, channels: int, ops: Sequence[nn.Module] | None = None):
         super().__init__()
-        self.ops = nn.Sequential(*(build_op(e.op, channels) for node in cell.nodes for e in node))
+        if ops is None:
+            if cell is None:
+                raise ValueError("ChainCell needs a chain genotype or the op modules")
+            ops = [build_op(e.op, channels) for node in cell.nodes for e in node]
+        self.ops = nn.Sequential(*ops)
 
     def forward(self, inputs: list[torch.Tensor]) -> torch.Tensor:
         return inputs[-1] + self.ops(inputs[-1])
@@ -345,11 +487,7 @@ class TMICSNet(_TMICSBody, nn.Module):
         nn.Module.__init__(self)
         config = TMICSConfig.from_dict(genotype.space_config)
         self.config = config
-        alignment = genotype.macro.get("alignment", "none")
-        if config.frames == 1:
-            self.alignment = SingleFrameEncoder(1, config.channels)
-        else:
-            self.alignment = ALIGNMENT_MODULES[alignment](config.frames, config.channels)
+        self.alignment = make_alignment(genotype.macro.get("alignment", "none"), config)
         self._build_shared(config)
         cell_class = {"dag": DagCell, "chain": ChainCell}
         self.dna_cells = nn.ModuleList(cell_class[genotype.cells["dna"].kind](genotype.cells["dna"], config.channels)
@@ -366,7 +504,7 @@ class TMICSNet(_TMICSBody, nn.Module):
 
 
 def _make_space_class():
-    from nas_restore.nni_layer import Cell, LayerChoice, ModelSpace
+    from nas_restore.nni_layer import Cell, LayerChoice, ModelSpace, label_scope
 
     class TMICSSpace(_TMICSBody, ModelSpace):
         """TMICS as an NNI model space: alignment LayerChoice + shared-label DARTS cells per branch."""
@@ -376,20 +514,27 @@ def _make_space_class():
             config = TMICSConfig.from_dict(settings)
             self.config = config
             c = config.channels
-            if config.frames == 1:
-                self.alignment = SingleFrameEncoder(1, c)
-            elif len(config.alignments) == 1:
-                self.alignment = ALIGNMENT_MODULES[config.alignments[0]](config.frames, c)
-            else:
-                self.alignment = LayerChoice({a: ALIGNMENT_MODULES[a](config.frames, c) for a in config.alignments},
+            if config.searches_alignment:
+                self.alignment = LayerChoice({a: make_alignment(a, config) for a in config.alignments},
                                              label="alignment")
+            else:
+                self.alignment = make_alignment(config.alignments[0], config)
             self._build_shared(config)
 
             def factories() -> dict[str, Any]:
                 return {op: (lambda node_index, op_index, input_index=None, op=op: build_op(op, c))
                         for op in config.operations}
 
+            def chain(label: str) -> ChainCell:
+                # labels <branch>/chain_<i>, the same in every cell of the branch: one shared choice each
+                with label_scope(label):
+                    return ChainCell(None, c, ops=[
+                        LayerChoice({op: build_op(op, c) for op in config.operations}, label=f"chain_{i}")
+                        for i in range(config.nodes_per_cell)])
+
             def cells(label: str) -> nn.ModuleList:
+                if config.cell == "chain":
+                    return nn.ModuleList(chain(label) for _ in range(config.cells_per_branch))
                 return nn.ModuleList(
                     Cell(factories(), config.nodes_per_cell, num_ops_per_node=config.ops_per_node,
                          num_predecessors=N_CELL_INPUTS, merge_op="all",
@@ -421,9 +566,22 @@ def make_space(config: TMICSConfig):
 # genotypes
 
 
+_CHAIN_KEY = re.compile(r"^(?P<cell>[^/]+)/chain_(?P<pos>\d+)$")
+
+
 def to_genotype(arch: dict[str, Any], config: TMICSConfig, metadata: dict[str, Any] | None = None) -> Genotype:
-    """NNI architecture dict -> genotype."""
+    """NNI architecture dict -> genotype (dag cells from ``<cell>/op_*``, chain cells from ``<cell>/chain_<i>``)."""
     cells, rest = cells_from_nni_arch(arch, n_inputs=N_CELL_INPUTS)
+    chains: dict[str, dict[int, str]] = {}
+    for key in [k for k in rest if _CHAIN_KEY.match(k)]:
+        m = _CHAIN_KEY.match(key)
+        chains.setdefault(m["cell"], {})[int(m["pos"])] = str(rest.pop(key))
+    for name, ops in chains.items():
+        if sorted(ops) != list(range(len(ops))):
+            raise GenotypeError(f"cell {name!r}: chain positions {sorted(ops)} do not run 0..{len(ops) - 1}")
+        if name in cells:
+            raise GenotypeError(f"cell {name!r} has both DARTS-cell and chain keys in the architecture")
+        cells[name] = chain_cell([ops[i] for i in range(len(ops))])
     macro = {"alignment": _alignment_of(config, rest.pop("alignment", None))}
     if rest:
         raise GenotypeError(f"the architecture has keys the tmics space does not know: {sorted(rest)}")
@@ -432,11 +590,20 @@ def to_genotype(arch: dict[str, Any], config: TMICSConfig, metadata: dict[str, A
     return validate_genotype(genotype)
 
 
+def chain_cell(ops: Sequence[str]) -> CellGenotype:
+    """A chain cell genotype: the ops in order, one input (the previous cell); edge inputs are unused."""
+    return CellGenotype(nodes=[[Edge(op, 0) for op in ops]], concat=[], kind="chain", n_inputs=1)
+
+
 def to_nni_arch(genotype: Genotype) -> dict[str, Any]:
     """Genotype -> NNI architecture dict (for ``model_context`` / ``ModelSpace.freeze``)."""
     from nas_restore.genotype import cells_to_nni_arch
 
-    arch = cells_to_nni_arch(genotype.cells)
+    dags = {name: cell for name, cell in genotype.cells.items() if cell.kind == "dag"}
+    arch = cells_to_nni_arch(dags)
+    for name, cell in genotype.cells.items():
+        if cell.kind == "chain":
+            arch.update({f"{name}/chain_{i}": op for i, op in enumerate(cell.ops)})
     config = TMICSConfig.from_dict(genotype.space_config)
     if config.searches_alignment:
         arch["alignment"] = genotype.macro["alignment"]
@@ -464,8 +631,18 @@ def validate_genotype(genotype: Genotype) -> Genotype:
     genotype.validate(allowed_ops=ops, allowed_macro=allowed_macro)
     for name in CELL_NAMES:
         cell = genotype.cells[name]
+        if cell.kind != config.cell:
+            raise GenotypeError(f"cells.{name}.kind is {cell.kind!r} but space_config.cell is {config.cell!r}: "
+                                f"set space_config.cell to {cell.kind!r} (a tmics genotype has one kind of cell)")
         if cell.kind == "dag" and cell.n_inputs != N_CELL_INPUTS:
             raise GenotypeError(f"cells.{name}.n_inputs is {cell.n_inputs}; tmics cells take {N_CELL_INPUTS} inputs")
+        if cell.kind == "chain":
+            if cell.n_inputs != 1 or len(cell.nodes) != 1:
+                raise GenotypeError(f"cells.{name}: a chain cell has n_inputs 1 and one node list holding its ops "
+                                    f"in order; got n_inputs {cell.n_inputs} and {len(cell.nodes)} node lists")
+            if len(cell.ops) != config.nodes_per_cell:
+                raise GenotypeError(f"cells.{name} chains {len(cell.ops)} ops but space_config.nodes_per_cell is "
+                                    f"{config.nodes_per_cell}: they must agree")
     return genotype
 
 
@@ -478,4 +655,5 @@ register_space(SpaceSpec(
     to_genotype=to_genotype,
     validate_genotype=validate_genotype,
     presets=PRESETS,
+    to_nni_arch=to_nni_arch,
 ))

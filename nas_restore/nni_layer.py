@@ -12,7 +12,7 @@ import json
 import logging
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -113,11 +113,6 @@ def make_lightning_evaluator(module: NNILightningModule, trainer_kwargs: dict[st
     return Lightning(module, Trainer(**trainer_kwargs), train_dataloaders=train_loader, val_dataloaders=val_loader)
 
 
-def traced(cls: type) -> Callable:
-    """``nni.trace`` so the training-service engine can serialise a class."""
-    return nni.trace(cls)
-
-
 def make_search_module(loss: Any, lr: float, weight_decay: float, epochs: int) -> NNILightningModule:
     """Our restoration training steps inside NNI's LightningModule (NNI sets ``self.model``)."""
     return SearchModule(loss=loss, lr=lr, weight_decay=weight_decay, epochs=epochs)
@@ -160,11 +155,6 @@ def space_init_signature(space_class: type) -> Any:
     import inspect
 
     return inspect.signature(getattr(space_class, "_init_wrapped", None) or space_class.__init__)
-
-
-def architecture_choices(space: ModelSpace) -> dict[str, list[Any]]:
-    """Every label of a space with its candidate values (shared labels once)."""
-    return {label: list(getattr(mutable, "values", [])) for label, mutable in space.simplify().items()}
 
 
 def check_architecture(space: ModelSpace, arch: dict[str, Any]) -> str | None:

@@ -27,6 +27,7 @@ the same blocks, no NNI. The released TMICS networks are the reference genotypes
 from __future__ import annotations
 
 import hashlib
+import functools
 import math
 import re
 from collections import OrderedDict
@@ -503,7 +504,9 @@ class TMICSNet(_TMICSBody, nn.Module):
 # the NNI model space
 
 
+@functools.cache
 def _make_space_class():
+    """Defined on first use, so that building a genotype's plain network never imports NNI."""
     from nas_restore.nni_layer import Cell, LayerChoice, ModelSpace, label_scope
 
     class TMICSSpace(_TMICSBody, ModelSpace):
@@ -550,16 +553,9 @@ def _make_space_class():
     return TMICSSpace
 
 
-_SPACE_CLASS = None
-
-
 def make_space(config: TMICSConfig):
     """A fresh NNI ``ModelSpace`` (one-shot strategies mutate it in place: never reuse one)."""
-    global _SPACE_CLASS
-    if _SPACE_CLASS is None:
-        _SPACE_CLASS = _make_space_class()
-        globals()["TMICSSpace"] = _SPACE_CLASS
-    return _SPACE_CLASS(**config.to_dict())
+    return _make_space_class()(**config.to_dict())
 
 
 # --------------------------------------------------------------------------------------------------

@@ -46,10 +46,42 @@ class SearchConfig:
     device: str = "auto"
     num_workers: int = 0
     progress: bool = True
+    # budgets, comparable across strategies: stop at whichever comes first
+    budget_seconds: float | None = None     # wall-clock seconds of search
+    # multi-trial strategies (evolution, random, tpe): each trial trains one sampled network
+    max_trials: int = 8
+    trial_epochs: int = 1                   # epochs per trial; a trial costs trial_epochs epoch-equivalents
+    parallel: int = 1                       # >1: NNI's training-service engine, N trials at once
+    objectives: list[str] = field(default_factory=lambda: ["psnr"])  # + params / flops / latency: Pareto
+    training_service: dict[str, Any] = field(default_factory=dict)   # NNI remote/kubernetes settings, passed on
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be >= 1")
+        if self.max_trials < 1 or self.trial_epochs < 1 or self.parallel < 1:
+            raise ValueError("max_trials, trial_epochs and parallel must be >= 1")
+        if self.budget_seconds is not None and not self.budget_seconds > 0:
+            raise ValueError(f"budget_seconds must be > 0 or None (no limit), got {self.budget_seconds}")
+
+
+ANYTIME_COLUMNS = ("cost_seconds", "cost_epochs", "val_psnr", "best_val_psnr", "source")
+
+
+def write_anytime(rows: list[dict[str, Any]], path: Path) -> None:
+    """The anytime curve of a run: after each unit of work (a supernet epoch, a finished trial), its
+    cost so far (wall seconds; epoch-equivalents = passes over the train split by one network) and the
+    best validation PSNR found so far. One-shot runs score the supernet; multi-trial runs each trial."""
+    best = float("-inf")
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(ANYTIME_COLUMNS))
+        writer.writeheader()
+        for row in rows:
+            value = float(row["val_psnr"])
+            best = max(best, value) if value == value else best  # NaN never improves the best
+            writer.writerow({"cost_seconds": round(float(row["cost_seconds"]), 3),
+                             "cost_epochs": round(float(row["cost_epochs"]), 4), "val_psnr": value,
+                             "best_val_psnr": best if best > float("-inf") else float("nan"),
+                             "source": row.get("source", "")})
 
 
 @dataclass
@@ -140,9 +172,15 @@ def _history_callback(history: AlphaHistory, val_loader: DataLoader):
 
 
 def run_search(config: SearchConfig, run_dir: str | Path) -> SearchResult:
-    """Search ``config.space`` with ``config.strategy``; write the run folder; return the genotype."""
-    from nas_restore.device import lightning_accelerator, resolve_device
-    from nas_restore.nni_layer import make_lightning_evaluator, make_search_module, pl, run_oneshot
+    """Search ``config.space`` with ``config.strategy``; write the run folder; return the genotype.
+
+    One-shot strategies (the DARTS family, tmics) train a supernet here (:func:`_run_one_shot`);
+    multi-trial strategies (evolution, random, tpe) train one network per trial
+    (:func:`nas_restore.multitrial.run_multitrial`). Both write ``anytime.csv`` and return NNI's
+    architecture dict plus the metadata they add to the genotype.
+    """
+    from nas_restore.device import resolve_device
+    from nas_restore.nni_layer import pl
     from search_spaces import find_space
     from strategies import find_strategy
 
@@ -155,12 +193,8 @@ def run_search(config: SearchConfig, run_dir: str | Path) -> SearchResult:
         strategy_spec = find_strategy(config.strategy)
         space_config = space_spec.config(config.preset, **config.space_settings)
         cfg.save_yaml({**cfg.to_dict(config), "resolved_space": space_config.to_dict()}, run_dir / "config.yaml")
-        if not strategy_spec.one_shot:
-            raise NotImplementedError(f"strategy {config.strategy!r} is multi-trial; this runner drives one-shot "
-                                      "strategies (multi-trial runs come with the strategies issue)")
         pl.seed_everything(config.seed, workers=True, verbose=False)
         device = resolve_device(config.device)
-        accelerator, devices = lightning_accelerator(device)
         train_data, val_data = train_val_datasets(config.data, space_config.frames, config.seed)
         log.info("search: space=%s strategy=%s device=%s train=%d val=%d", config.space, config.strategy,
                  device, len(train_data), len(val_data))
@@ -168,26 +202,16 @@ def run_search(config: SearchConfig, run_dir: str | Path) -> SearchResult:
             if len(data) < config.batch_size:
                 raise ValueError(f"the {name} split has {len(data)} item(s), fewer than batch_size="
                                  f"{config.batch_size}: lower --batch-size or give more data")
-        loader_args = dict(batch_size=config.batch_size, num_workers=config.num_workers, drop_last=True)
-        train_loader = DataLoader(train_data, shuffle=True, generator=torch.Generator().manual_seed(config.seed),
-                                  **loader_args)
-        val_loader = DataLoader(val_data, shuffle=True, generator=torch.Generator().manual_seed(config.seed + 1),
-                                **loader_args)
-        history = AlphaHistory(run_dir)
-        module = make_search_module(loss=config.loss, lr=config.lr, weight_decay=config.weight_decay,
-                                    epochs=config.epochs)
-        trainer_kwargs = dict(
-            max_epochs=config.epochs, accelerator=accelerator, devices=devices,
-            callbacks=[_history_callback(history, val_loader)], enable_progress_bar=config.progress,
-            enable_model_summary=False, logger=False,
-            enable_checkpointing=False, num_sanity_val_steps=0, log_every_n_steps=1,
-        )
-        evaluator = make_lightning_evaluator(module, trainer_kwargs, train_loader, val_loader)
-        space = space_spec.make_space(space_config)
-        strategy = strategy_spec.build(config.strategy_options)
-        arch = run_oneshot(space, evaluator, strategy, run_dir / "nni")
+        context = SearchContext(config=config, run_dir=run_dir, space_spec=space_spec, space_config=space_config,
+                                strategy_spec=strategy_spec, device=device, train_data=train_data,
+                                val_data=val_data, started=started)
+        if strategy_spec.one_shot:
+            arch, extra = _run_one_shot(context)
+        else:
+            from nas_restore.multitrial import run_multitrial
+
+            arch, extra = run_multitrial(context)
         seconds = time.perf_counter() - started
-        metrics = history.epochs
         metadata = {
             "strategy": config.strategy,
             "strategy_options": {**strategy_spec.defaults, **config.strategy_options},
@@ -196,7 +220,7 @@ def run_search(config: SearchConfig, run_dir: str | Path) -> SearchResult:
             "epochs": config.epochs,
             "device": str(device),
             "data": "synthetic" if config.data.folder is None else str(config.data.folder),
-            "supernet_val_psnr": metrics[-1].get("val_psnr") if metrics else None,
+            **extra,
             "nni_arch": arch,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "versions": _versions(),
@@ -208,6 +232,61 @@ def run_search(config: SearchConfig, run_dir: str | Path) -> SearchResult:
     finally:
         logging.getLogger().removeHandler(handler)
         handler.close()
+
+
+@dataclass
+class SearchContext:
+    """What a strategy runner gets from :func:`run_search`: the resolved pieces of one run."""
+
+    config: SearchConfig
+    run_dir: Path
+    space_spec: Any
+    space_config: Any
+    strategy_spec: Any
+    device: torch.device
+    train_data: Any
+    val_data: Any
+    started: float  # time.perf_counter() at the start of the run (budgets count from here)
+
+
+def _run_one_shot(ctx: SearchContext) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Train the supernet with a one-shot strategy; return NNI's arch dict and the run's metadata."""
+    from nas_restore.device import lightning_accelerator
+    from nas_restore.nni_layer import make_lightning_evaluator, make_search_module, run_oneshot
+
+    config, run_dir = ctx.config, ctx.run_dir
+    accelerator, devices = lightning_accelerator(ctx.device)
+    loader_args = dict(batch_size=config.batch_size, num_workers=config.num_workers, drop_last=True)
+    train_loader = DataLoader(ctx.train_data, shuffle=True, generator=torch.Generator().manual_seed(config.seed),
+                              **loader_args)
+    val_loader = DataLoader(ctx.val_data, shuffle=True, generator=torch.Generator().manual_seed(config.seed + 1),
+                            **loader_args)
+    history = AlphaHistory(run_dir)
+    module = make_search_module(loss=config.loss, lr=config.lr, weight_decay=config.weight_decay,
+                                epochs=config.epochs)
+    trainer_kwargs = dict(
+        max_epochs=config.epochs, accelerator=accelerator, devices=devices,
+        callbacks=[_history_callback(history, val_loader)], enable_progress_bar=config.progress,
+        enable_model_summary=False, logger=False,
+        enable_checkpointing=False, num_sanity_val_steps=0, log_every_n_steps=1,
+    )
+    if config.budget_seconds is not None:
+        remaining = config.budget_seconds - (time.perf_counter() - ctx.started)
+        trainer_kwargs["max_time"] = {"seconds": max(1.0, remaining)}
+    evaluator = make_lightning_evaluator(module, trainer_kwargs, train_loader, val_loader)
+    space = ctx.space_spec.make_space(ctx.space_config)
+    strategy = ctx.strategy_spec.build(config.strategy_options)
+    arch = run_oneshot(space, evaluator, strategy, run_dir / "nni")
+    metrics = history.epochs
+    elapsed = 0.0
+    anytime = []
+    for row in metrics:
+        elapsed += row["seconds"]
+        anytime.append({"cost_seconds": elapsed, "cost_epochs": row["epoch"] + 1, "val_psnr": row["val_psnr"],
+                        "source": f"supernet epoch {int(row['epoch'])}"})
+    write_anytime(anytime, run_dir / "anytime.csv")
+    return arch, {"supernet_val_psnr": metrics[-1].get("val_psnr") if metrics else None,
+                  "search_cost_epochs": len(metrics)}
 
 
 def _file_log(path: Path) -> logging.Handler:

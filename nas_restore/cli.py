@@ -41,12 +41,30 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("search", help="search a space with a strategy; writes runs/NAME/genotype.json")
     p.add_argument("--space", default=None)
     p.add_argument("--strategy", default=None)
+    p.add_argument("--strategy-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a strategy option (repeatable; VALUE is YAML: 0.01, null, true, [a, b]); "
+                        "`nas-restore strategies --json` lists each strategy's options")
+    p.add_argument("--skip-cap", default=None, metavar="N|off",
+                   help="differentiable strategies: most skip_connect edges per derived cell (default 2; off: no cap)")
+    p.add_argument("--skip-stop", default=None, metavar="N|off",
+                   help="differentiable strategies: stop once a derived cell has more than N skips (default off)")
     p.add_argument("--preset", default=None, help="space preset: cpu, demo, paper")
     p.add_argument("--frames", type=int, default=None, help="input frames (odd; 1 = images)")
     p.add_argument("--config", default=None, help="YAML file with search settings")
     p.add_argument("--out", required=True, help="run folder, e.g. runs/NAME")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--max-trials", type=int, default=None, help="multi-trial strategies: most trials (default 8)")
+    p.add_argument("--trial-epochs", type=int, default=None,
+                   help="multi-trial strategies: training epochs of each trial (default 1)")
+    p.add_argument("--parallel", type=int, default=None,
+                   help="multi-trial strategies: trials at once, in separate processes through NNI's "
+                        "training-service engine (default 1: NNI's sequential engine, in-process)")
+    p.add_argument("--objectives", default=None, metavar="psnr[,params|flops|latency]",
+                   help="multi-trial strategies: psnr alone, or psnr and one cost; keeps the Pareto front")
+    p.add_argument("--budget-seconds", type=float, default=None,
+                   help="wall-clock search budget in seconds: a one-shot search stops when it is spent, a "
+                        "multi-trial search starts no new trial")
     _add_data(p)
     _add_common(p)
 
@@ -93,6 +111,88 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--tile", type=int, default=None, help="run the model in tiles of this size (bounded memory)")
+    p.add_argument("--tile-overlap", type=int, default=16)
+
+    p = sub.add_parser("derain", help="derain an image, a folder of images or frames, or a video file")
+    p.add_argument("model", help="model.pt from `retrain` (or its folder)")
+    p.add_argument("input", help="image, folder of images / video frames, or video file (needs imageio-ffmpeg)")
+    p.add_argument("--out", required=True, help="output folder (file names kept)")
+    p.add_argument("--mode", default="auto", choices=("auto", "images", "frames"),
+                   help="a folder's images: independent stills, or a video's frames (auto: frames when the "
+                        "model takes several frames and the images share a size)")
+    p.add_argument("--tile", type=int, default=256, help="tile size in px; 0 = whole frames")
+    p.add_argument("--tile-overlap", type=int, default=16)
+    p.add_argument("--figure", default=None, help="also write a before/after PNG figure of a few frames")
+    p.add_argument("--figure-frames", type=int, default=3)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-progress", action="store_true")
+
+    p = sub.add_parser("export", help="export a retrained model to run with torch alone (torch.export/trace)")
+    p.add_argument("model", help="model.pt from `retrain` (or its folder)")
+    p.add_argument("--out", required=True, help="output file, e.g. model.pt2")
+    p.add_argument("--height", type=int, default=64, help="example input height")
+    p.add_argument("--width", type=int, default=64, help="example input width")
+
+    p = sub.add_parser("continual", help="continual learning across rain types: fine-tuning, distillation, "
+                                         "replay and joint training compared task after task")
+    p.add_argument("genotype", help="genotype.json, a run folder or a reference name (the paper uses rrgnet)")
+    p.add_argument("--out", required=True, help="report folder, e.g. reports/continual_cpu (re-run to resume)")
+    p.add_argument("--config", default=None, help="YAML file with continual settings (nas_restore.continual)")
+    p.add_argument("--tasks", default=None, help="comma-separated, in order, e.g. light,heavy,slanted,accumulation")
+    p.add_argument("--schemes", default=None, help="comma-separated: finetune, distill, replay, distill+replay, "
+                                                   "joint")
+    p.add_argument("--steps-per-task", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--patch-size", type=int, default=None)
+    p.add_argument("--replay-size", type=int, default=None, help="samples kept in the rain-review buffer")
+    p.add_argument("--replay-policy", default=None, help="quota (equal share per old task) or reservoir")
+    p.add_argument("--space-config", default=None,
+                   help="KEY=VALUE,... overrides of the genotype's space_config, e.g. channels=12,frames=3")
+    _add_common(p)
+
+    p = sub.add_parser("compare", help="every strategy x seed under one budget, retrained alike, scored on held-out "
+                                       "synthetic clips; results.csv, summary.md, plots (re-run to resume)")
+    p.add_argument("--space", default=None, help="search space (default tmics)")
+    p.add_argument("--preset", default=None, help="space preset (default demo)")
+    p.add_argument("--strategies", default=None, help="comma-separated, e.g. darts,gdas,random")
+    p.add_argument("--seeds", type=int, default=None, help="seeds per strategy (0..K-1 from --first-seed)")
+    p.add_argument("--first-seed", type=int, default=None)
+    p.add_argument("--budget", type=float, default=None, help="search budget per run, in --budget-unit")
+    p.add_argument("--budget-unit", choices=("epochs", "seconds"), default=None,
+                   help="epochs (default: epoch-equivalents, fair on a shared machine) or wall-clock seconds")
+    p.add_argument("--trial-epochs", type=int, default=None, help="multi-trial: epochs per trial")
+    p.add_argument("--retrain-epochs", type=int, default=None)
+    p.add_argument("--config", default=None, help="YAML file with compare settings (nas_restore.compare)")
+    p.add_argument("--out", required=True, help="report folder, e.g. reports/NAME")
+    p.add_argument("--device", default=None)
+    p.add_argument("--progress", action="store_true", help="progress bars of every search and retraining")
+
+    p = sub.add_parser("rank", help="retrain genotypes alike and rank them on an evaluation split only, beside the "
+                                    "rainy input; params, FLOPs, frames/s (re-run to resume)")
+    p.add_argument("entries", nargs="+", metavar="GENOTYPE",
+                   help="genotype.json / run folder / DARTS text (FILE:NAME), a reference name (tmics-heavy, "
+                        "tmics-light), random:N (N random genotypes of the like genotype's space), space:NAME[:PRESET]")
+    p.add_argument("--train-data", default=None, help="folder to train on (default: built-in synthetic rain)")
+    p.add_argument("--train-split", default=None, help="split of the training folder's SPLITS.txt, e.g. fit")
+    p.add_argument("--eval-data", default=None, help="folder to score (default: held-out synthetic clips)")
+    p.add_argument("--eval-split", default=None, help="split of the evaluation folder, e.g. holdout")
+    p.add_argument("--like", default=None, help="genotype whose space config random:N (and --reference-size like) "
+                                                "use; default: the first genotype file listed")
+    p.add_argument("--reference-size", choices=("released", "like"), default=None,
+                   help="TMICS references at their released size (default) or rebuilt at the like genotype's size")
+    p.add_argument("--random-seed", type=int, default=None, help="random:N draws seeds S..S+N-1 (default 0)")
+    p.add_argument("--profile-size", default=None, help="WxH for FLOPs and frames/s (default 640x480)")
+    p.add_argument("--config", default=None, help="YAML file with rank settings (retrain: {train:, data:}, ...)")
+    p.add_argument("--out", required=True, help="report folder, e.g. reports/NAME")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--patch-size", type=int, default=None)
+    p.add_argument("--device", default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--progress", action="store_true")
 
     for name, what in (("spaces", "search spaces"), ("strategies", "search strategies"), ("ops", "operations")):
         p = sub.add_parser(name, help=f"list the {what}")
@@ -179,6 +279,16 @@ def cmd_search(args: argparse.Namespace) -> int:
         overrides["space_settings"] = {"frames": args.frames}
     if args.no_progress:
         overrides["progress"] = False
+    if args.strategy_option:
+        overrides["strategy_options"] = _option_pairs(args.strategy_option, "--strategy-option")
+    overrides.update(max_trials=args.max_trials, trial_epochs=args.trial_epochs, parallel=args.parallel,
+                     budget_seconds=args.budget_seconds)
+    if args.objectives is not None:
+        overrides["objectives"] = [o.strip() for o in args.objectives.split(",") if o.strip()]
+    for name in ("skip_cap", "skip_stop"):
+        value = getattr(args, name)
+        if value is not None:
+            overrides[name] = _count_or_off(value, "--" + name.replace("_", "-"))
     config = cfg.from_dict(SearchConfig, cfg.merge(data, overrides), "search")
     result = run_search(config, args.out)
     g = result.genotype
@@ -187,6 +297,28 @@ def cmd_search(args: argparse.Namespace) -> int:
     for name, cell in g.cells.items():
         print(f"  {name}: " + ", ".join(f"{e.op}<-{e.input}" for node in cell.nodes for e in node))
     return 0
+
+
+def _option_pairs(items: list[str], flag: str) -> dict[str, Any]:
+    """``KEY=VALUE`` strings -> a dict, each VALUE read as YAML (numbers, null, true, lists)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"{flag} takes KEY=VALUE, got {item!r} (e.g. {flag} arc_learning_rate=0.01)")
+        out[key.strip()] = yaml.safe_load(value) if value.strip() else None
+    return out
+
+
+def _count_or_off(text: str, flag: str) -> int | None:
+    if text.strip().lower() in ("off", "none", "null"):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"{flag} takes a whole number >= 0 or 'off', got {text!r}") from None
 
 
 def _genotype_argument(text: str, name: str | None = None):
@@ -285,6 +417,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         model, genotype = load_trained(args.model, map_location=device)
         model.to(device)
         frames = args.frames or int(genotype.space_config.get("frames", 1))
+        if args.tile:
+            from nas_restore.inference import TiledModel
+
+            model = TiledModel(model, args.tile, args.tile_overlap)
     result = evaluate_folder(Path(args.data), model, protocol=protocol, frames=frames,
                              device=args.device if args.model else "cpu", split=args.split,
                              save_outputs=Path(args.save_outputs) if args.save_outputs else None,
@@ -292,13 +428,156 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.out:
         result.save(Path(args.out))
     if args.json:
-        print(json.dumps(result.summary, indent=2))
+        from nas_restore.evaluation import _jsonable
+
+        print(json.dumps(_jsonable(result.summary), indent=2))
     else:
         s = result.summary
         if "psnr_input" in s:
             print(f"input : PSNR {s['psnr_input']:.2f} dB  SSIM {s['ssim_input']:.4f}")
         print(f"{'output' if model is not None else 'input '}: PSNR {s['psnr']:.2f} dB  SSIM {s['ssim']:.4f}"
               f"  ({s['count']} items; {s['protocol']})")
+        if "warp_error" in s:
+            print(f"warping error x1e3 (lower = steadier): {'output' if model is not None else 'input'} "
+                  f"{1e3 * s['warp_error']:.3f}, input {1e3 * s['warp_error_input']:.3f}, clean frames "
+                  f"{1e3 * s['warp_error_clean']:.3f}  ({s['temporal_measure']})")
+    return 0
+
+
+def _key_values(text: str | None, flag: str) -> dict[str, Any] | None:
+    """``a=1,b=x`` -> {"a": 1, "b": "x"} (values read as YAML scalars)."""
+    import yaml
+
+    if not text:
+        return None
+    out: dict[str, Any] = {}
+    for part in text.split(","):
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"{flag} expects KEY=VALUE,... (e.g. channels=12,frames=3), got {part!r}")
+        out[key.strip()] = yaml.safe_load(value.strip())
+    return out
+
+
+def cmd_continual(args: argparse.Namespace) -> int:
+    from nas_restore import config as cfg
+    from nas_restore.continual import ContinualConfig, run_continual, scheme_metrics
+    from nas_restore.report_common import command_line
+
+    data = cfg.load_yaml(args.config) if args.config else {}
+    split = (lambda text: [t.strip() for t in text.split(",") if t.strip()] if text else None)  # noqa: E731
+    overrides: dict[str, Any] = {
+        "tasks": split(args.tasks), "schemes": split(args.schemes), "steps_per_task": args.steps_per_task,
+        "batch_size": args.batch_size, "lr": args.lr, "patch_size": args.patch_size, "seed": args.seed,
+        "device": args.device, "replay": {"size": args.replay_size, "policy": args.replay_policy},
+        "space_config": _key_values(args.space_config, "--space-config"),
+    }
+    if args.no_progress:
+        overrides["progress"] = False
+    config = cfg.from_dict(ContinualConfig, cfg.merge(data, overrides), "continual")
+    genotype, _ = _genotype_argument(args.genotype)
+
+    def on_stage(scheme: str, k: int, task: str, row: dict[str, Any], skipped: bool) -> None:
+        if config.progress:
+            scores = ", ".join(f"{t} {v:.2f}" for t, v in row["psnr"].items())
+            print(f"{scheme:>15} after {k}:{task:<13} PSNR {scores}{'  (done before)' if skipped else ''}",
+                  flush=True)
+
+    result = run_continual(genotype, config, args.out, command=command_line(), on_stage=on_stage)
+    print(f"{result.stages_run} stage(s) run ({result.stages_shared} first stage(s) reused from another scheme), "
+          f"{result.stages_skipped} already done")
+    for scheme, matrix in result.matrices.items():
+        m = scheme_metrics(matrix)
+        print(f"  {scheme:>15}: avg PSNR {m['avg_psnr']:.2f} dB, forgetting {m['forgetting_db']:.2f} dB, "
+              f"BWT {m['bwt_db']:.2f} dB")
+    print(f"  summary: {result.summary_path}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from nas_restore import config as cfg
+    from nas_restore.compare import CompareConfig, run_compare
+    from nas_restore.report_common import command_line
+
+    data = cfg.load_yaml(args.config) if args.config else {}
+    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()] if args.strategies else None
+    overrides: dict[str, Any] = {
+        "space": args.space, "preset": args.preset, "strategies": strategies, "seeds": args.seeds,
+        "first_seed": args.first_seed, "budget": args.budget, "budget_unit": args.budget_unit,
+        "trial_epochs": args.trial_epochs, "device": args.device,
+        "retrain": {"train": {"epochs": args.retrain_epochs}},
+    }
+    if args.progress:
+        overrides["progress"] = True
+    config = CompareConfig.from_dict(cfg.merge(data, overrides))
+    result = run_compare(config, args.out, command=command_line(), say=lambda m: print(m, flush=True))
+    done = result.results[result.results["status"] == "done"]
+    print(f"{len(done)}/{len(result.results)} run(s) finished ({len(result.ran)} worked on in this call)")
+    for strategy, group in done.groupby("strategy", sort=False):
+        print(f"  {strategy:>12}: PSNR {group['psnr'].mean():.2f} dB over {len(group)} seed(s)")
+    print(f"  results : {result.out / 'results.csv'}")
+    print(f"  summary : {result.summary_path}")
+    for path in result.plots:
+        print(f"  plot    : {path}")
+    return 0
+
+
+def cmd_rank(args: argparse.Namespace) -> int:
+    from nas_restore import config as cfg
+    from nas_restore.rank import RankConfig, run_rank
+    from nas_restore.report_common import command_line
+
+    data = cfg.load_yaml(args.config) if args.config else {}
+    profile = None
+    if args.profile_size:
+        try:
+            w, h = (int(v) for v in args.profile_size.lower().split("x"))
+        except ValueError:
+            raise ValueError(f"--profile-size expects WxH (e.g. 640x480), got {args.profile_size!r}") from None
+        profile = [h, w]
+    train = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
+             "device": args.device}
+    overrides: dict[str, Any] = {
+        "retrain": {"train": train, "data": {"folder": args.train_data, "split": args.train_split,
+                                             "patch_size": args.patch_size}},
+        "eval_data": args.eval_data, "eval_split": args.eval_split, "like": args.like,
+        "reference_size": args.reference_size, "random_seed": args.random_seed, "profile_size": profile,
+        "device": args.device,
+    }
+    if args.progress:
+        overrides["progress"] = True
+    config = RankConfig.from_dict(cfg.merge(data, overrides))
+    result = run_rank(args.entries, config, args.out, command=command_line(), say=lambda m: print(m, flush=True))
+    for r in result.results.itertuples():
+        score = f"PSNR {r.psnr:.2f} dB  SSIM {r.ssim:.4f}" if r.status == "done" else f"{r.status}: {r.error}"
+        print(f"  {r.entry:>24}: {score}")
+    print(f"  results : {result.out / 'results.csv'}")
+    print(f"  summary : {result.summary_path}")
+    return 0
+
+
+def cmd_derain(args: argparse.Namespace) -> int:
+    from nas_restore.inference import Derainer, figure_of_result
+
+    derainer = Derainer.from_checkpoint(args.model, device=args.device, tile=args.tile or None,
+                                        overlap=args.tile_overlap, progress=not args.no_progress)
+    result = derainer.run(args.input, args.out, mode=args.mode)
+    print(f"derained {len(result.inputs)} {result.mode} -> {args.out}")
+    if args.figure:
+        print(f"  figure  : {figure_of_result(result, args.figure, args.figure_frames)}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from nas_restore.export import export_checkpoint
+
+    result = export_checkpoint(args.model, args.out, args.height, args.width)
+    if result.message:
+        print(result.message, file=sys.stderr)
+    loader = "torch.export.load(path).module()" if result.method == "torch.export" else "torch.jit.load(path)"
+    print(f"exported with {result.method} ({'any' if result.dynamic else 'only the example'} size; max error "
+          f"{result.max_abs_error:.2g} vs the model) -> {result.path}")
+    print(f"  load with {loader}; input [1, {result.example_shape[1]}, 3, H, W] in [0, 1]")
     return 0
 
 
@@ -327,8 +606,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"demo": cmd_demo, "search": cmd_search, "render": cmd_render, "inspect": cmd_inspect,
-            "retrain": cmd_retrain,
-            "evaluate": cmd_evaluate, "spaces": cmd_list, "strategies": cmd_list, "ops": cmd_list}
+            "retrain": cmd_retrain, "continual": cmd_continual, "compare": cmd_compare, "rank": cmd_rank,
+            "evaluate": cmd_evaluate, "derain": cmd_derain, "export": cmd_export, "spaces": cmd_list, "strategies": cmd_list, "ops": cmd_list}
 
 
 if __name__ == "__main__":

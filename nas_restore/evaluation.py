@@ -71,6 +71,21 @@ def _save_png(img: np.ndarray, path: Path) -> None:
     io.imsave(path, np.round(np.clip(img, 0, 1) * 255).astype(np.uint8), check_contrast=False)
 
 
+WARP_ERROR_NAME = ("warping error (Lai et al. 2018): mean squared RGB difference between frame t and frame t-1 "
+                   "warped onto it, over non-occluded pixels; flow and occlusion from the clean frames")
+
+
+def _warp_columns(prev: dict[str, torch.Tensor] | None, cur: dict[str, torch.Tensor]) -> dict[str, float]:
+    from nas_restore.temporal import warping_errors
+
+    if prev is None:
+        errors = {k: math.nan for k in cur}
+    else:
+        errors = warping_errors(prev, cur)
+    main = errors["output"] if "output" in cur else errors["input"]
+    return {"warp_error": main, "warp_error_input": errors["input"], "warp_error_clean": errors["clean"]}
+
+
 def _mean(values: list[float]) -> float:
     return float(np.mean(values)) if values else math.nan
 
@@ -78,7 +93,7 @@ def _mean(values: list[float]) -> float:
 def evaluate_folder(root: str | Path, model: Callable[[torch.Tensor], torch.Tensor] | None = None, *,
                     protocol: Protocol = Protocol(), frames: int = 1, device: str | torch.device = "cpu",
                     save_outputs: str | Path | None = None, split: str | None = None,
-                    progress: bool = True) -> EvaluationResult:
+                    progress: bool = True, temporal: bool = True) -> EvaluationResult:
     """Score every item of an image-pair or video-clip folder (full frames, no crops).
 
     model: ``None`` scores the rainy input (centre frame) against the target; otherwise any callable
@@ -86,6 +101,10 @@ def evaluate_folder(root: str | Path, model: Callable[[torch.Tensor], torch.Tens
         ``nn.Module`` is moved to ``device`` and put in eval mode for the run, its mode restored after).
     frames: window length T given to the model (video clips: neighbours, edges replicated; image pairs:
         the image repeated).
+    Video clips also get the *warping error* (Lai et al., ECCV 2018; see :mod:`nas_restore.temporal`) of
+    each frame against the previous one of its clip: ``warp_error`` (the model's output, or the input when
+    there is no model), ``warp_error_input`` and ``warp_error_clean`` (the floor flow errors leave); a
+    clip's first frame has none (NaN) and the means skip it. ``temporal=False`` turns it off.
     save_outputs: folder for the model's outputs as 8-bit PNGs (``<name>.png``; clips ``<clip>/<frame>.png``).
     """
     from nas_restore.device import resolve_device
@@ -100,6 +119,8 @@ def evaluate_folder(root: str | Path, model: Callable[[torch.Tensor], torch.Tens
     if isinstance(model, torch.nn.Module):
         model.to(dev).eval()
     rows: list[dict[str, Any]] = []
+    video = isinstance(dataset, VideoClipFolder) and temporal
+    previous: tuple[str, dict[str, torch.Tensor]] | None = None
     try:
         with torch.no_grad():
             for i in tqdm(range(len(dataset)), desc=f"evaluate {Path(root).name}", disable=not progress,
@@ -117,11 +138,21 @@ def evaluate_folder(root: str | Path, model: Callable[[torch.Tensor], torch.Tens
                         shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
                         raise ValueError(f"the model returned {shape} for input {tuple(window.unsqueeze(0).shape)} "
                                          f"({name}); expected [1, 3, H, W] = {(1, *target.shape)}")
+                    output = output.clamp(0, 1)
                     derained = _to_hwc(output[0])
                     row["psnr"], row["ssim"] = psnr(derained, clean, protocol), ssim(derained, clean, protocol)
                     row["psnr_input"], row["ssim_input"] = psnr(rainy, clean, protocol), ssim(rainy, clean, protocol)
                     if out_dir is not None:
                         _save_png(derained, out_dir / f"{name}.png")
+                if video:
+                    clip = dataset.index[i][0]
+                    frames_now = {"clean": target.unsqueeze(0).float().cpu(),
+                                  "input": window[window.shape[0] // 2].unsqueeze(0).float().cpu()}
+                    if model is not None:
+                        frames_now["output"] = output.float().cpu()
+                    row.update(_warp_columns(previous[1] if previous and previous[0] == clip else None,
+                                             frames_now))
+                    previous = (clip, frames_now)
                 rows.append(row)
     finally:
         if was_training:
@@ -132,6 +163,11 @@ def evaluate_folder(root: str | Path, model: Callable[[torch.Tensor], torch.Tens
     if model is not None:
         summary["psnr_input"] = _mean(per_item["psnr_input"].tolist())
         summary["ssim_input"] = _mean(per_item["ssim_input"].tolist())
+    if video:
+        for column in ("warp_error", "warp_error_input", "warp_error_clean"):
+            if column in per_item:
+                summary[column] = float(per_item[column].mean(skipna=True))
+        summary["temporal_measure"] = WARP_ERROR_NAME
     log.info("evaluated %d item(s) of %s: PSNR %.3f dB, SSIM %.4f (%s)", len(rows), root, summary["psnr"],
              summary["ssim"], summary["protocol"])
     return EvaluationResult(per_item=per_item, summary=summary)

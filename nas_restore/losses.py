@@ -1,4 +1,8 @@
-"""Training losses for restoration: L1 + SSIM (+ optional MSE), with a differentiable SSIM.
+"""Training losses for restoration: L1 + SSIM (+ optional MSE, temporal consistency, contrastive prior),
+with a differentiable SSIM.
+
+The temporal term (Lai et al. 2018's short-term loss) lives in :mod:`nas_restore.temporal`, the
+contrastive prior (RDMC) in :mod:`nas_restore.contrastive`; both are off by default.
 
 Why a torch SSIM here when the project measures SSIM with scikit-image: the loss must be
 differentiable and run on the training device. With ``padding="valid"`` (the default) this
@@ -87,7 +91,13 @@ def ssim_torch(pred: Tensor, target: Tensor, window: int = 11, sigma: float = 1.
 
 @dataclass
 class LossConfig:
-    """Weights of the loss terms; the defaults are TMICS's released config (L1 0.75, SSIM 1.1)."""
+    """Weights of the loss terms; the defaults are TMICS's released config (L1 0.75, SSIM 1.1).
+
+    temporal_weight: short-term temporal consistency (video; needs training pairs of shifted windows,
+        which retraining makes from synthetic clips or a folder of clips); TMICS used 1 with alpha 50.
+    contrastive_weight: RDMC's contrastive prior in ``contrastive_features`` ("filterbank", no weights;
+        or "vgg16"/"vgg19" with ``contrastive_weights`` = a torchvision state dict file); RDMC used 0.1.
+    """
 
     l1_weight: float = 0.75
     ssim_weight: float = 1.1
@@ -95,8 +105,24 @@ class LossConfig:
     ssim_window: int = 11
     ssim_sigma: float = 1.5
     ssim_padding: str = "valid"
+    temporal_weight: float = 0.0
+    temporal_alpha: float = 50.0
+    contrastive_weight: float = 0.0
+    contrastive_features: str = "filterbank"
+    contrastive_weights: str | None = None
 
     def __post_init__(self) -> None:
+        from nas_restore.contrastive import FEATURES
+
+        for name in ("temporal_weight", "temporal_alpha", "contrastive_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"loss.{name} must be >= 0, got {getattr(self, name)}")
+        if self.contrastive_features not in FEATURES:
+            raise ValueError(f"loss.contrastive_features must be one of {FEATURES}, got "
+                             f"{self.contrastive_features!r}")
+        if self.contrastive_weight and self.contrastive_features != "filterbank" and not self.contrastive_weights:
+            raise ValueError(f"loss.contrastive_features={self.contrastive_features!r} needs loss.contrastive_weights "
+                             f"(a torchvision state dict file; nothing can be downloaded), or use 'filterbank'")
         for name in ("l1_weight", "ssim_weight", "mse_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"loss.{name} must be >= 0, got {getattr(self, name)}")
@@ -107,14 +133,29 @@ class LossConfig:
 
 
 class RestorationLoss(nn.Module):
-    """total = l1_w * L1 + ssim_w * (1 - SSIM) + mse_w * MSE; terms with weight 0 are skipped."""
+    """total = l1_w * L1 + ssim_w * (1 - SSIM) + mse_w * MSE (+ contrast_w * contrastive prior, given the
+    rainy input); terms with weight 0 are skipped. The temporal term is :meth:`temporal`, which the
+    training step adds for batches of shifted windows."""
 
     def __init__(self, config: LossConfig | None = None) -> None:
         super().__init__()
         self.config = config or LossConfig()
+        self.contrastive: nn.Module | None = None
+        if self.config.contrastive_weight:
+            from nas_restore.contrastive import ContrastivePrior
 
-    def forward(self, pred: Tensor, target: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """Return the weighted total and the unweighted parts (``l1``, ``ssim_loss`` = 1-SSIM, ``mse``)."""
+            self.contrastive = ContrastivePrior(self.config.contrastive_features, self.config.contrastive_weights)
+
+    def temporal(self, out_prev: Tensor, out_cur: Tensor, clean_prev: Tensor, clean_cur: Tensor) -> Tensor:
+        """The unweighted short-term temporal loss (see :mod:`nas_restore.temporal`)."""
+        from nas_restore.temporal import temporal_loss
+
+        return temporal_loss(out_prev, out_cur, clean_prev, clean_cur, alpha=self.config.temporal_alpha)
+
+    def forward(self, pred: Tensor, target: Tensor,
+                rainy: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """Return the weighted total and the unweighted parts (``l1``, ``ssim_loss`` = 1-SSIM, ``mse``,
+        ``contrastive`` when its weight is > 0 and ``rainy`` [B, 3, H, W] is given)."""
         if pred.shape != target.shape:
             raise ValueError(f"loss: prediction shape {tuple(pred.shape)} differs from target shape "
                              f"{tuple(target.shape)}")
@@ -131,4 +172,7 @@ class RestorationLoss(nn.Module):
         if cfg.mse_weight:
             parts["mse"] = F.mse_loss(pred, target)
             total = total + cfg.mse_weight * parts["mse"]
+        if self.contrastive is not None and rainy is not None:
+            parts["contrastive"] = self.contrastive(pred, target, rainy)
+            total = total + cfg.contrastive_weight * parts["contrastive"]
         return total, parts

@@ -89,7 +89,11 @@ def labelled_alphas(module: Any) -> list[tuple[str, torch.Tensor, list[str]]]:
     found: dict[str, tuple[torch.Tensor, list[str]]] = {}
     for sub in module.modules():
         alphas = getattr(sub, "_arch_alpha", None)
-        if isinstance(alphas, torch.nn.ParameterDict):
+        if isinstance(alphas, torch.nn.ParameterDict) and hasattr(sub, "depth_choice"):  # Repeat: depth counts
+            for label, choice in sub.depth_choice.simplify().items():
+                if label in alphas:
+                    found.setdefault(label, (alphas[label], [str(v) for v in choice.values]))
+        elif isinstance(alphas, torch.nn.ParameterDict):
             names = list(getattr(sub, "op_names", []))
             for label, alpha in alphas.items():
                 found.setdefault(label, (alpha, names + ["none"] if len(names) + 1 == alpha.numel() else names))
@@ -191,3 +195,241 @@ def darts_supernet(space: ModelSpace, **options: Any) -> ModelSpace:
     from nni.nas.strategy import DARTS
 
     return DARTS(**options).mutate_model(space)
+
+
+# --------------------------------------------------------------------------------------------------
+# multi-trial search: a space's choices as plain categoricals, and NNI's multi-trial experiment
+
+from contextlib import ExitStack  # noqa: E402
+from itertools import combinations  # noqa: E402
+
+
+class ChoiceSpace(ModelSpace):
+    """Only the choices of another space, each a plain categorical: what multi-trial strategies explore.
+
+    Trials build the real network from the decoded architecture (:func:`decode_choices`), so the
+    strategies never build the real space, and TPE, which rejects NNI's ``InputChoice`` (also the
+    one inside every ``Cell``), sees each input choice as a categorical over the allowed input sets.
+    Defined at module level so that NNI's training-service trials can import it.
+    """
+
+    def __init__(self, choices: dict[str, list[Any]]):
+        super().__init__()
+        from nni.mutable import ensure_frozen
+
+        self.choices = {label: list(values) for label, values in choices.items()}
+        self.arch: dict[str, Any] = {}
+        for label, values in self.choices.items():
+            *scopes, name = label.split("/")  # NNI forbids "/" in a label: rebuild it from label scopes
+            with ExitStack() as stack:
+                for scope in scopes:
+                    stack.enter_context(label_scope(scope))
+                choice = self.add_mutable(nni.choice(name, values))
+            self.arch[label] = ensure_frozen(choice)
+
+    def freeze(self, sample: dict[str, Any]) -> "ChoiceSpace":
+        from nni.nas.space import model_context
+
+        with model_context(sample):
+            return ChoiceSpace(self.choices)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # never run: trials build the real network
+        raise RuntimeError("a ChoiceSpace holds architecture choices only; build the network from decode_choices")
+
+
+def space_choices(space: ModelSpace) -> tuple[dict[str, list[Any]], dict[str, dict[str, Any]]]:
+    """(choices, multiples) of ``space`` for a :class:`ChoiceSpace`.
+
+    ``choices`` maps every label to its candidates. An input choice (NNI's ``CategoricalMultiple``)
+    becomes one categorical over the index sets it allows: the index itself when it picks one input,
+    ``"0+2"``-style strings otherwise; ``multiples`` keeps what :func:`decode_choices` needs to turn it back.
+    """
+    from nni.mutable import Categorical, CategoricalMultiple, MutableAnnotation
+
+    choices: dict[str, list[Any]] = {}
+    multiples: dict[str, dict[str, Any]] = {}
+    for label, mutable in space.simplify().items():
+        if isinstance(mutable, MutableAnnotation):  # constraints: trials reject invalid networks themselves
+            logging.getLogger(__name__).info("multi-trial search ignores the annotation %r", label)
+            continue
+        if isinstance(mutable, CategoricalMultiple):
+            n = len(mutable.values)
+            sizes = [mutable.n_chosen] if mutable.n_chosen is not None else range(1, n + 1)
+            sets = [c for k in sizes for c in combinations(range(n), k)]
+            single = all(len(s) == 1 for s in sets)
+            choices[label] = [s[0] if single else "+".join(map(str, s)) for s in sets]
+            multiples[label] = {"values": json.loads(json.dumps(list(mutable.values))), "single": single}
+        elif isinstance(mutable, Categorical):
+            choices[label] = json.loads(json.dumps(list(mutable.values)))
+        else:
+            raise ValueError(f"choice {label!r} of the space is a {type(mutable).__name__}; multi-trial search "
+                             "supports categorical choices (LayerChoice, InputChoice, Cell, nni.choice): "
+                             "make it an nni.choice over a list of values")
+    return choices, multiples
+
+
+def decode_choices(sample: dict[str, Any], multiples: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """A :class:`ChoiceSpace` sample -> the architecture dict of the real space (input choices as lists)."""
+    arch = {}
+    for label, value in sample.items():
+        if label in multiples:
+            spec = multiples[label]
+            indices = [int(value)] if spec["single"] else [int(i) for i in str(value).split("+")]
+            arch[label] = [spec["values"][i] for i in indices]
+        else:
+            arch[label] = value
+    return json.loads(json.dumps(arch))
+
+
+def report_final_metric(value: float) -> None:
+    """Tell NNI a trial's score (NNI always maximises it: give PSNR, never a loss)."""
+    nni.report_final_result(float(value))
+
+
+def nni_trial_id() -> str:
+    """NNI's id of the running trial ('' in the sequential engine, where NNI sets none)."""
+    trial = nni.get_trial_id()
+    return "" if trial in (None, "_unset_", "STANDALONE") else str(trial)
+
+
+# NNI 3.0's web portal listens on every interface and has no bind option (NNI_NOTES 'Web-portal bind
+# address'): this preload, given to its node server through NODE_OPTIONS, adds host 127.0.0.1.
+BIND_LOCALHOST_JS = """\
+// nas-restore: make NNI's node server listen on 127.0.0.1 only.
+const net = require('net');
+const originalListen = net.Server.prototype.listen;
+net.Server.prototype.listen = function (...args) {
+  if (args.length && typeof args[0] === 'object' && args[0] !== null && !Array.isArray(args[0])) {
+    if (args[0].path === undefined && args[0].host === undefined) args[0] = { ...args[0], host: '127.0.0.1' };
+  } else if (args.length && (typeof args[0] === 'number' || /^[0-9]+$/.test(String(args[0])))) {
+    if (typeof args[1] !== 'string') args.splice(1, 0, '127.0.0.1');
+  }
+  return originalListen.apply(this, args);
+};
+"""
+
+def _deadline_experiment(deadline: float | None) -> type:
+    """NasExperiment whose sequential engine also stops submitting at a wall-clock ``deadline``.
+
+    NNI's sequential engine budgets the summed trial durations only, so strategy and set-up time
+    would let a wall-clock budget overrun by many (quickly skipped) trials.
+    """
+    import time
+
+    from nni.nas.execution import SequentialExecutionEngine
+
+    class _Engine(SequentialExecutionEngine):
+        def budget_available(self) -> bool:
+            return super().budget_available() and (deadline is None or time.time() < deadline)
+
+    class _Experiment(NasExperiment):
+        def execution_engine_factory(self, config: Any) -> Any:
+            engine = super().execution_engine_factory(config)
+            if isinstance(engine, SequentialExecutionEngine):
+                engine.__class__ = _Engine
+            return engine
+
+    return _Experiment
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def run_multitrial_experiment(space: ChoiceSpace, function: Any, arguments: dict[str, Any], strategy: Any,
+                              work_dir: Path, *, max_trials: int, max_seconds: float | None = None,
+                              parallel: int = 1, training_service: dict[str, Any] | None = None
+                              ) -> tuple[str, list[dict[str, Any]]]:
+    """Run a multi-trial strategy; each trial calls ``function(frozen ChoiceSpace, **arguments)``.
+
+    Without ``training_service`` settings and with ``parallel == 1`` it uses NNI's sequential engine
+    (in-process, no NNI manager, no web portal; a failing trial is skipped, not fatal). Otherwise it
+    uses NNI's training-service engine: ``parallel`` trials at once in separate processes, launched
+    by NNI's node manager, whose web portal listens on 127.0.0.1 only for the local platform (a
+    remote platform's trials must reach it: NNI's own binding then). The manager is always stopped,
+    also on errors. ``function`` must be importable (a module-level function) for that engine.
+    Returns the engine's name and NNI's record of every trial (``sample``, ``metric``, ``status``).
+    """
+    import os
+    import time
+
+    from nni.nas.evaluator import FunctionalEvaluator
+    from nni.nas.experiment.config import SequentialEngineConfig
+
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    evaluator = FunctionalEvaluator(function, **arguments)
+    config = multitrial_config(work_dir, max_trials=max_trials, max_seconds=max_seconds, parallel=parallel,
+                               training_service=training_service)
+    sequential = isinstance(config.execution_engine, SequentialEngineConfig)
+    deadline = None if max_seconds is None else time.time() + max_seconds
+    experiment = _deadline_experiment(deadline)(space, evaluator, strategy, config)
+    old_node_options = os.environ.get("NODE_OPTIONS")
+    try:
+        if sequential:
+            experiment.run()
+        else:
+            if _platform(config) == "local":
+                preload = work_dir / "bind_localhost.js"
+                preload.write_text(BIND_LOCALHOST_JS)
+                os.environ["NODE_OPTIONS"] = f"{old_node_options or ''} --require {json.dumps(str(preload))}".strip()
+            experiment.run(port=_free_port())
+        models = _trial_records(strategy)
+    finally:
+        if old_node_options is None:
+            os.environ.pop("NODE_OPTIONS", None)
+        else:
+            os.environ["NODE_OPTIONS"] = old_node_options
+        try:
+            experiment.stop()  # stops NNI's node manager: a killed Python would leave it holding the port
+        except Exception:  # noqa: BLE001  (stopping a sequential experiment that never started is harmless)
+            logging.getLogger(__name__).debug("experiment.stop() failed", exc_info=True)
+    return ("sequential" if sequential else "training_service"), models
+
+
+def _trial_records(strategy: Any) -> list[dict[str, Any]]:
+    """NNI's view of the trials (read while the NNI manager still runs)."""
+    try:
+        models = list(strategy.list_models(sort=False))
+    except Exception as err:  # noqa: BLE001  (only a fallback for trials whose own rows are missing)
+        logging.getLogger(__name__).warning("could not list NNI's trials: %s", err)
+        return []
+    return [{"sample": json.loads(json.dumps(dict(m.sample or {}))), "metric": m.metric,
+             "status": getattr(m.status, "value", str(m.status))} for m in models]
+
+
+def multitrial_config(work_dir: Path, *, max_trials: int, max_seconds: float | None = None, parallel: int = 1,
+                      training_service: dict[str, Any] | None = None) -> Any:
+    """NNI's experiment config for a multi-trial run (see :func:`run_multitrial_experiment`).
+
+    ``training_service`` is NNI's own training-service section, as in NNI's YAML (camelCase or
+    snake_case keys): ``platform`` (local when left out: ``remote``, ``kubeflow``, ``frameworkcontroller``,
+    ...) and that platform's fields, including NNI's per-service ``trial_gpu_number`` and ``nni_manager_ip``.
+    """
+    import math
+
+    from nni.nas.experiment.config import NasExperimentConfig, SequentialEngineConfig
+
+    service = dict(training_service or {})
+    if parallel == 1 and not service:
+        engine = SequentialEngineConfig(continue_on_failure=True, max_model_count=max_trials, max_duration=max_seconds)
+        config = NasExperimentConfig(execution_engine=engine, model_format="simplified")
+    else:
+        service.setdefault("platform", "local")
+        config = NasExperimentConfig(execution_engine="ts", model_format="simplified", training_service=service,
+                                     trial_concurrency=parallel)
+        if max_seconds is not None:
+            config.max_experiment_duration = f"{max(1, math.ceil(max_seconds))}s"
+    config.max_trial_number = max_trials
+    config.experiment_working_directory = str(work_dir)
+    config.log_level = "error"
+    return config
+
+
+def _platform(config: Any) -> str:
+    service = config.training_service
+    return str(getattr(service[0] if isinstance(service, list) else service, "platform", "local"))

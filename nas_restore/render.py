@@ -149,13 +149,29 @@ def register_macro(space: str) -> Callable[[MacroBuilder], MacroBuilder]:
 
 def macro_graph(genotype: Genotype) -> nx.DiGraph:
     """The network around the cells, for spaces that registered a macro builder (``tmics``)."""
-    try:
-        builder = MACRO_BUILDERS[genotype.space]
-    except KeyError:
+    builder = MACRO_BUILDERS.get(genotype.space)
+    if builder is None and genotype.macro:
+        builder = generic_macro_graph
+    if builder is None:
         raise ValueError(f"no macro structure is known for space {genotype.space!r} (known: "
                          f"{', '.join(sorted(MACRO_BUILDERS))}); register one with "
-                         "nas_restore.render.register_macro") from None
+                         "nas_restore.render.register_macro")
     return builder(genotype)
+
+
+def generic_macro_graph(genotype: Genotype) -> nx.DiGraph:
+    """Spaces without a drawing of their own (rrgnet, rdmc, rescnn): the macro choices in order."""
+    frames = (genotype.space_config or {}).get("frames")
+    graph = nx.DiGraph()
+    graph.add_node("input", kind="input", label=f"{frames} input frame(s)" if frames else "input")
+    previous = "input"
+    for i, (key, value) in enumerate(genotype.macro.items()):
+        graph.add_node(f"macro_{i}", kind="module", label=f"{key}\n{value}")
+        graph.add_edge(previous, f"macro_{i}", label="")
+        previous = f"macro_{i}"
+    graph.add_node("output", kind="output", label="output")
+    graph.add_edge(previous, "output", label="")
+    return graph
 
 
 _ALIGNMENT_LABELS = {"ofm": "OFM alignment\n(optical flow)", "tgm": "TGM alignment\n(temporal grouping)",
@@ -546,8 +562,8 @@ def render_genotype(genotype: Genotype, out_dir: str | Path, formats: Iterable[s
     if bad:
         raise ValueError(f"cannot write format(s) {bad}; choose from {', '.join(sorted(allowed))}")
     formats = [f for f in formats if f != "gv"]
-    if not genotype.cells:
-        raise ValueError("the genotype has no cells to draw")
+    if not genotype.cells and not genotype.macro:
+        raise ValueError("the genotype has no cells and no macro choices to draw")
 
     figures: list[tuple[str, nx.Graph, graphviz.Digraph, str]] = []
     for name, cell in genotype.cells.items():
@@ -556,7 +572,7 @@ def render_genotype(genotype: Genotype, out_dir: str | Path, formats: Iterable[s
         title = f"{name} {'chain cell' if cell.kind == 'chain' else 'cell'}"
         stem = "cell_" + re.sub(r"[^A-Za-z0-9_.-]+", "_", name)  # a cell name is not trusted as a path
         figures.append((stem, graph, cell_digraph(graph, title=title), title))
-    if genotype.space in MACRO_BUILDERS:
+    if genotype.space in MACRO_BUILDERS or not genotype.cells:
         graph = macro_graph(genotype)
         title = f"{genotype.space} network"
         figures.append(("network", graph, macro_digraph(graph, title=title), title))
@@ -660,10 +676,11 @@ def _compose_overview(genotype: Genotype, images: list[tuple[str, bytes]], path:
     gap = PNG_DPI // 4
     arrays = [(stem, rgb(data)) for stem, data in images]
     cells = [a for stem, a in arrays if stem != "network"]
-    height = max(a.shape[0] for a in cells)
     rows = [rgb(_pipe(title, "png"))]
     rows += [a for stem, a in arrays if stem == "network"]
-    rows.append(np.concatenate([pad(a, height, a.shape[1] + gap) for a in cells], axis=1))
+    if cells:  # a genotype of macro choices only (rrgnet, rdmc) has none
+        height = max(a.shape[0] for a in cells)
+        rows.append(np.concatenate([pad(a, height, a.shape[1] + gap) for a in cells], axis=1))
     width = max(r.shape[1] for r in rows)
     picture = np.concatenate([pad(r, r.shape[0] + gap, width) for r in rows], axis=0)
     # half resolution (2x2 box filter): an overview does not need print dpi, and it saves 4x faster

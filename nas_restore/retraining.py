@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch.utils.data import Dataset
 
 from nas_restore import config as cfg
 from nas_restore.build import build_model
@@ -31,12 +32,16 @@ def run_retrain(genotype: Genotype | str | Path, config: RetrainRunConfig, out_d
     if not isinstance(genotype, Genotype):
         genotype = load_genotype(genotype)
     _refuse_foreign_run(out_dir, genotype)
+    # the initial weights depend on --seed only, not on whatever ran before in this process
+    torch.manual_seed(config.train.seed)
     model = build_model(genotype)
     frames = int(genotype.space_config.get("frames", 1))
     out_dir.mkdir(parents=True, exist_ok=True)
     genotype.save(out_dir / "genotype.json")
     cfg.save_yaml(config, out_dir / "config.yaml")
     train_data, val_data = train_val_datasets(config.data, frames, config.train.seed)
+    if config.train.loss.temporal_weight > 0:
+        train_data = temporal_training_data(config.data, frames, config.train.seed, train_data)
     log.info("retrain %s: %d parameters, %d train / %d val items", genotype.genotype_id(),
              sum(p.numel() for p in model.parameters()), len(train_data), len(val_data))
     result = retrain(model, train_data, val_data, config.train, out_dir)
@@ -45,6 +50,20 @@ def run_retrain(genotype: Genotype | str | Path, config: RetrainRunConfig, out_d
     blob["genotype"] = genotype.to_dict()
     torch.save(blob, result.model_path)
     return result
+
+
+def temporal_training_data(data: DataConfig, frames: int, seed: int, train_data: Dataset) -> Dataset:
+    """Training pairs of shifted windows for the temporal loss (validation keeps the plain windows).
+
+    Synthetic: the same train split drawn with ``frames + 2`` frames per clip window; a folder of clips:
+    its training subset, read as (t-1, t) pairs. Image pairs have no previous frame: a DataError.
+    """
+    from nas_restore.datasets import synthetic_split
+    from nas_restore.temporal import TemporalPairs
+
+    if data.folder is None:
+        return TemporalPairs(synthetic_split(data, frames + 2, "train", seed), frames)
+    return TemporalPairs(train_data, frames, patch_size=data.patch_size, augment=True, seed=seed)
 
 
 def _refuse_foreign_run(out_dir: Path, genotype: Genotype) -> None:

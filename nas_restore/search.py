@@ -2,8 +2,9 @@
 
 A run folder (``runs/<name>/``) holds the resolved ``config.yaml``, ``search.log``,
 ``genotype.json``, the architecture-weight history ``alphas.csv`` (softmaxed, with DARTS's "none"
-slot), the genotype derived after every epoch (``derived.jsonl``), the supernet's per-epoch
-metrics ``metrics.csv`` and NNI's own experiment folder ``nni/``.
+slot), the genotype derived after every epoch (``derived.jsonl``, with its skip edges per cell), the
+supernet's per-epoch metrics ``metrics.csv``, what the skip guard did (``guard.json``, one-shot runs)
+and NNI's own experiment folder ``nni/``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from nas_restore import config as cfg
 from nas_restore.datasets import DataConfig, train_val_datasets
 from nas_restore.genotype import Genotype
 from nas_restore.losses import LossConfig
+from strategies.skip_guard import GuardReport, SkipGuardConfig, count_skips, early_stop_callback
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,9 @@ class SearchConfig:
     parallel: int = 1                       # >1: NNI's training-service engine, N trials at once
     objectives: list[str] = field(default_factory=lambda: ["psnr"])  # + params / flops / latency: Pareto
     training_service: dict[str, Any] = field(default_factory=dict)   # NNI remote/kubernetes settings, passed on
+    # differentiable strategies: the guard against collapse into skip connections (strategies/skip_guard.py)
+    skip_cap: int | None = 2                # most skip_connect edges per derived cell (None: no cap)
+    skip_stop: int | None = None            # stop the search once a derived cell has more skips (None: never)
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -62,6 +67,7 @@ class SearchConfig:
             raise ValueError("max_trials, trial_epochs and parallel must be >= 1")
         if self.budget_seconds is not None and not self.budget_seconds > 0:
             raise ValueError(f"budget_seconds must be > 0 or None (no limit), got {self.budget_seconds}")
+        SkipGuardConfig(cap=self.skip_cap, stop=self.skip_stop)  # validates both
 
 
 ANYTIME_COLUMNS = ("cost_seconds", "cost_epochs", "val_psnr", "best_val_psnr", "source")
@@ -129,7 +135,7 @@ class AlphaHistory:
             log.debug("could not export the architecture at epoch %d: %s", epoch, err)
             return
         with self.derived_path.open("a") as fh:
-            fh.write(json.dumps({"epoch": epoch, "arch": arch}, default=str) + "\n")
+            fh.write(json.dumps({"epoch": epoch, "arch": arch, "skips": count_skips(arch)}, default=str) + "\n")
 
 
 def _history_callback(history: AlphaHistory, val_loader: DataLoader):
@@ -146,13 +152,24 @@ def _history_callback(history: AlphaHistory, val_loader: DataLoader):
 
         def on_train_epoch_start(self, trainer, pl_module):
             self.started = time.perf_counter()
+            self.epoch = trainer.current_epoch
+            self.batches = 0
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.batches += 1
             if trainer.global_step % history.every == 0:
                 history.record(pl_module, trainer.global_step, trainer.current_epoch)
 
+        def on_train_end(self, trainer, pl_module):
+            # a budget (max_time) or an early stop can end the run inside an epoch: record that part too
+            if getattr(self, "batches", 0):  # batches trained since the last epoch end
+                self.on_train_epoch_end(trainer, pl_module)
+
         def on_train_epoch_end(self, trainer, pl_module):
-            epoch = trainer.current_epoch
+            total = trainer.num_training_batches
+            fraction = min(1.0, self.batches / total) if isinstance(total, int) and total > 0 else 1.0
+            epoch = getattr(self, "epoch", trainer.current_epoch)
+            self.batches = 0
             history.record(pl_module, trainer.global_step, epoch)
             history.record_derived(pl_module, epoch)
             was_training = pl_module.training
@@ -166,7 +183,10 @@ def _history_callback(history: AlphaHistory, val_loader: DataLoader):
             loss = trainer.callback_metrics.get("train_loss_epoch", trainer.callback_metrics.get("train_loss"))
             history.record_epoch({"epoch": epoch, "train_loss": float(loss) if loss is not None else float("nan"),
                                   "val_psnr": float(torch.cat(scores).mean()) if scores else float("nan"),
-                                  "seconds": round(time.perf_counter() - self.started, 2)})
+                                  "seconds": round(time.perf_counter() - self.started, 2),
+                                  "fraction": round(fraction, 4),
+                                  **{k: float(v) for k, v in trainer.callback_metrics.items()
+                                     if k == "upper_loss"}})  # tmics: the validation loss of its lambda steps
 
     return _Callback()
 
@@ -205,6 +225,10 @@ def run_search(config: SearchConfig, run_dir: str | Path) -> SearchResult:
         context = SearchContext(config=config, run_dir=run_dir, space_spec=space_spec, space_config=space_config,
                                 strategy_spec=strategy_spec, device=device, train_data=train_data,
                                 val_data=val_data, started=started)
+        if strategy_spec.one_shot and list(config.objectives) != ["psnr"]:
+            raise ValueError(f"objectives {config.objectives} need a multi-trial strategy (evolution, random, tpe): "
+                             f"{config.strategy!r} trains one supernet and scores no single network's cost; "
+                             "drop --objectives or pick a multi-trial strategy")
         if strategy_spec.one_shot:
             arch, extra = _run_one_shot(context)
         else:
@@ -217,7 +241,8 @@ def run_search(config: SearchConfig, run_dir: str | Path) -> SearchResult:
             "strategy_options": {**strategy_spec.defaults, **config.strategy_options},
             "seed": config.seed,
             "search_seconds": round(seconds, 2),
-            "epochs": config.epochs,
+            **({"epochs": config.epochs} if strategy_spec.one_shot else
+               {"max_trials": config.max_trials, "trial_epochs": config.trial_epochs}),
             "device": str(device),
             "data": "synthetic" if config.data.folder is None else str(config.data.folder),
             **extra,
@@ -262,11 +287,16 @@ def _run_one_shot(ctx: SearchContext) -> tuple[dict[str, Any], dict[str, Any]]:
     val_loader = DataLoader(ctx.val_data, shuffle=True, generator=torch.Generator().manual_seed(config.seed + 1),
                             **loader_args)
     history = AlphaHistory(run_dir)
+    guard_config = SkipGuardConfig(cap=config.skip_cap, stop=config.skip_stop)
+    guard = GuardReport(cap=guard_config.cap, stop=guard_config.stop)
+    callbacks = [_history_callback(history, val_loader)]
+    if guard_config.stop is not None:
+        callbacks.append(early_stop_callback(guard_config, guard))
     module = make_search_module(loss=config.loss, lr=config.lr, weight_decay=config.weight_decay,
                                 epochs=config.epochs)
     trainer_kwargs = dict(
         max_epochs=config.epochs, accelerator=accelerator, devices=devices,
-        callbacks=[_history_callback(history, val_loader)], enable_progress_bar=config.progress,
+        callbacks=callbacks, enable_progress_bar=config.progress,
         enable_model_summary=False, logger=False,
         enable_checkpointing=False, num_sanity_val_steps=0, log_every_n_steps=1,
     )
@@ -277,16 +307,42 @@ def _run_one_shot(ctx: SearchContext) -> tuple[dict[str, Any], dict[str, Any]]:
     space = ctx.space_spec.make_space(ctx.space_config)
     strategy = ctx.strategy_spec.build(config.strategy_options)
     arch = run_oneshot(space, evaluator, strategy, run_dir / "nni")
+    arch, guard = _guard_skips(arch, strategy, guard_config, guard)
+    (run_dir / "guard.json").write_text(json.dumps(guard.to_dict(), indent=2))
     metrics = history.epochs
-    elapsed = 0.0
+    elapsed = epochs_done = 0.0
     anytime = []
     for row in metrics:
         elapsed += row["seconds"]
-        anytime.append({"cost_seconds": elapsed, "cost_epochs": row["epoch"] + 1, "val_psnr": row["val_psnr"],
-                        "source": f"supernet epoch {int(row['epoch'])}"})
+        epochs_done += row.get("fraction", 1.0)
+        anytime.append({"cost_seconds": elapsed, "cost_epochs": epochs_done, "val_psnr": row["val_psnr"],
+                        "source": f"supernet epoch {int(row['epoch'])}"
+                                  + ("" if row.get("fraction", 1.0) >= 1.0 else f" ({row['fraction']:.0%})")})
     write_anytime(anytime, run_dir / "anytime.csv")
     return arch, {"supernet_val_psnr": metrics[-1].get("val_psnr") if metrics else None,
-                  "search_cost_epochs": len(metrics)}
+                  "search_cost_epochs": round(sum(row.get("fraction", 1.0) for row in metrics), 4),
+                  "skip_guard": guard.summary()}
+
+
+def _guard_skips(arch: dict[str, Any], strategy: Any, config: SkipGuardConfig,
+                 report: GuardReport) -> tuple[dict[str, Any], GuardReport]:
+    """Cap the skip edges of the derived cells (strategies/skip_guard.py) with the final alphas."""
+    from nas_restore.nni_layer import labelled_alphas
+    from strategies.skip_guard import apply_skip_cap
+
+    try:  # the trained alphas, to pick each surplus skip's replacement
+        alphas = {label: (alpha, names) for label, alpha, names in labelled_alphas(strategy.oneshot_module)}
+    except Exception as err:  # noqa: BLE001  (a strategy without a one-shot module: nothing to re-derive from)
+        log.warning("skip guard: no alphas to re-derive from (%s); the cap only counts skips", err)
+        alphas = {}
+    guarded, capped = apply_skip_cap(arch, alphas, config.cap, config.stop)
+    capped.stopped_at_epoch, capped.stopped_skips = report.stopped_at_epoch, report.stopped_skips
+    n_replaced = sum(len(r) for r in capped.replaced.values())
+    log.info("skip guard (cap %s, stop %s): skips per cell %s -> %s; %d edge(s) re-derived%s", config.cap,
+             config.stop, capped.skips_before, capped.skips_after, n_replaced,
+             f"; search stopped early after epoch {capped.stopped_at_epoch}"
+             if capped.stopped_at_epoch is not None else "")
+    return guarded, capped
 
 
 def _file_log(path: Path) -> logging.Handler:

@@ -64,12 +64,17 @@ class OptimConfig:
 
 
 def _unpack(batch: Any) -> tuple[Tensor, Tensor]:
-    """Check a ``(frames [B,T,3,H,W], target [B,3,H,W])`` batch and say what is wrong otherwise."""
+    """Check a ``(frames [B,T,3,H,W], target [B,3,H,W])`` batch and say what is wrong otherwise.
+
+    A temporal batch (:class:`nas_restore.temporal.TemporalPairs`) has ``frames [B,T+1,3,H,W]`` and
+    ``target [B,2,3,H,W]`` (the clean frames t-1 and t); it passes unchanged.
+    """
     if not isinstance(batch, (tuple, list)) or len(batch) != 2:
         raise ValueError(f"a batch must be (frames, target), got {type(batch).__name__}"
                          f"{'' if not isinstance(batch, (tuple, list)) else f' of length {len(batch)}'}")
     frames, target = batch
-    if frames.ndim != 5 or target.ndim != 4:
+    temporal = target.ndim == 5 and target.shape[1] == 2 and frames.ndim == 5 and frames.shape[1] >= 2
+    if frames.ndim != 5 or (target.ndim != 4 and not temporal):
         raise ValueError(f"a batch must be frames [B, T, 3, H, W] and target [B, 3, H, W], got "
                          f"{tuple(frames.shape)} and {tuple(target.shape)}: dataset items are "
                          f"(frames [T, 3, H, W], target [3, H, W]), T=1 for single images")
@@ -99,10 +104,30 @@ class RestorationSteps:
                              f"expected the target's shape {tuple(target.shape)} ([B, 3, H, W])")
         return pred
 
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+    def batch_loss(self, batch: Any) -> tuple[Tensor, dict[str, Tensor], Tensor]:
+        """(weighted loss, unweighted parts, target of the scored frames) of one training batch.
+
+        A temporal batch (shifted windows, see :mod:`nas_restore.temporal`) runs the network on the window
+        centred on t (scored against clean t) and on the one centred on t-1 (its "previous output"),
+        and adds the temporal term between the two outputs.
+        """
         frames, target = _unpack(batch)
+        if target.ndim == 5:
+            current = frames[:, 1:]
+            pred = self._predict(current, target[:, 1])
+            loss, parts = self.criterion(pred, target[:, 1], rainy=current[:, current.shape[1] // 2])
+            weight = self.criterion.config.temporal_weight
+            if weight:
+                previous = self._predict(frames[:, :-1], target[:, 0])
+                parts["temporal"] = self.criterion.temporal(previous, pred, target[:, 0], target[:, 1])
+                loss = loss + weight * parts["temporal"]
+            return loss, parts, target[:, 1]
         pred = self._predict(frames, target)
-        loss, parts = self.criterion(pred, target)
+        loss, parts = self.criterion(pred, target, rainy=frames[:, frames.shape[1] // 2])
+        return loss, parts, target
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        loss, parts, target = self.batch_loss(batch)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training loss is {loss.item()} at step {batch_idx}: lower the learning "
                                      f"rate (optim lr) or set grad_clip")
@@ -124,8 +149,10 @@ class RestorationSteps:
 
     def _evaluate(self, batch: Any, prefix: str) -> None:
         frames, target = _unpack(batch)
+        if target.ndim == 5:  # shifted windows: score the current one
+            frames, target = frames[:, 1:], target[:, 1]
         pred = self._predict(frames, target)
-        loss, _ = self.criterion(pred, target)
+        loss, _ = self.criterion(pred, target, rainy=frames[:, frames.shape[1] // 2])
         clamped = pred.clamp(0.0, 1.0)
         psnr = psnr_torch(clamped, target, y_channel=False, max_db=MAX_PSNR).mean()
         h, w = target.shape[-2:]
@@ -283,6 +310,7 @@ _QUIET_WARNINGS = (
     r".*Experiment logs directory .* exists and is not empty.*",
     r".*LeafSpec.*",  # torch 2.13 deprecation inside pytorch_lightning
     r".*smaller than the logging interval.*",
+    r".*module\(s\) in eval mode at the start of training.*",  # the frozen contrastive feature extractor
 )
 
 
@@ -297,6 +325,25 @@ def _quiet_lightning() -> Iterator[None]:
         yield
 
 
+def trainer_strategy(devices: int, num_nodes: int) -> str:
+    """Lightning's ``strategy``: "ddp" (one process per device, gradients all-reduced) when training on
+    several devices or machines, else "auto" (a single process: the CPU path and the tests)."""
+    return "ddp" if devices > 1 or num_nodes > 1 else "auto"
+
+
+def make_loggers(out_dir: Path) -> list[Any]:
+    """CSV logs in ``out_dir/logs`` always; TensorBoard logs in ``out_dir/tensorboard`` when installed."""
+    loggers: list[Any] = [CSVLogger(save_dir=out_dir, name="logs", flush_logs_every_n_steps=1)]
+    try:
+        from pytorch_lightning.loggers import TensorBoardLogger
+
+        loggers.append(TensorBoardLogger(save_dir=out_dir, name="tensorboard", default_hp_metric=False))
+    except (ImportError, ModuleNotFoundError) as err:
+        log.warning("TensorBoard logs off (%s): pip install 'nas-restore[tensorboard]' for them; CSV logs are in %s",
+                 str(err).splitlines()[0], out_dir / "logs")
+    return loggers
+
+
 def _check_dataset(data: Dataset, name: str) -> None:
     try:
         n = len(data)  # type: ignore[arg-type]
@@ -308,6 +355,8 @@ def _check_dataset(data: Dataset, name: str) -> None:
     if not isinstance(item, (tuple, list)) or len(item) != 2:
         raise ValueError(f"{name}[0] must be (frames [T, 3, H, W], target [3, H, W]), got {type(item).__name__}")
     frames, target = item
+    if getattr(frames, "ndim", None) == 4 and getattr(target, "ndim", None) == 4 and target.shape[0] == 2:
+        return  # a temporal pair (frames [T+1, 3, H, W], targets [2, 3, H, W])
     if getattr(frames, "ndim", None) != 4 or getattr(target, "ndim", None) != 3:
         raise ValueError(f"{name}[0] must be (frames [T, 3, H, W], target [3, H, W]), got shapes "
                          f"{tuple(getattr(frames, 'shape', ()))} and {tuple(getattr(target, 'shape', ()))}")
@@ -419,8 +468,9 @@ def retrain(model: nn.Module, train_data: Dataset, val_data: Dataset, config: Re
             accelerator=accelerator,
             devices=devices,
             num_nodes=config.num_nodes,
+            strategy=trainer_strategy(config.devices, config.num_nodes),
             default_root_dir=out_dir,
-            logger=CSVLogger(save_dir=out_dir, name="logs", flush_logs_every_n_steps=1),
+            logger=make_loggers(out_dir),
             callbacks=[checkpoint, latest, timer],
             gradient_clip_val=config.grad_clip,
             enable_progress_bar=config.progress,
@@ -433,6 +483,10 @@ def retrain(model: nn.Module, train_data: Dataset, val_data: Dataset, config: Re
             log.info("resuming from %s", resume)
         trainer.fit(module, train_loader, val_loader, ckpt_path=resume)
 
+    if not trainer.is_global_zero:  # DDP: rank 0 alone writes the summary files and model.pt
+        return RetrainResult(best_val_psnr=math.nan, best_val_ssim=math.nan, epochs_run=timer.epochs_run,
+                             seconds=time.perf_counter() - start, best_checkpoint=ckpt_dir / "best.ckpt",
+                             metrics_csv=out_dir / "metrics.csv", model_path=out_dir / "model.pt")
     best_path = Path(checkpoint.best_model_path) if checkpoint.best_model_path else ckpt_dir / "best.ckpt"
     if not best_path.is_file():
         raise RuntimeError(f"training finished without a best checkpoint in {ckpt_dir}: was val_psnr logged? "

@@ -84,8 +84,9 @@ def list_spaces() -> list[SpaceSpec]:
 
 
 def _load_builtin() -> None:
-    if not _SPACES:
-        from search_spaces import tmics  # noqa: F401  (registers itself)
+    # always (imports are cached): importing one space module directly must not hide the others
+    from search_spaces import tmics  # noqa: F401  (registers itself)
+    from search_spaces import baselines, rdmc, rrgnet  # noqa: F401  (register themselves)
 
 
 # --------------------------------------------------------------------------------------------------

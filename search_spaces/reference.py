@@ -82,7 +82,15 @@ REFERENCE_GENOTYPES: dict[str, Callable[[], Genotype]] = {
                                             "TMICS code, multi_evaluate_dual_heavy.py / TMICS_Heavy.py"),
     "tmics-light": lambda: _tmics_reference("tmics-light", "ofm", LIGHT_OPS, "classical",
                                             "TMICS code, multi_evaluate_dual_light.py / TMICS_Light.py"),
+    # the hand-designed residual CNN baseline, at about the demo genotype's parameter count
+    "rescnn": lambda: _baseline("demo"),
 }
+
+
+def _baseline(preset: str) -> Genotype:
+    from search_spaces.baselines import baseline_genotype
+
+    return baseline_genotype(preset)
 
 
 def reference_names() -> list[str]:

@@ -55,5 +55,8 @@ def list_strategies() -> list[StrategySpec]:
 
 
 def _load_builtin() -> None:
-    if not _STRATEGIES:
-        from strategies import differentiable  # noqa: F401  (registers itself)
+    # imported every time (a no-op once loaded): a strategy module imported on its own registers only its
+    # own strategies, so a non-empty registry does not mean that the built-ins are all there
+    from strategies import differentiable  # noqa: F401  (registers itself)
+    from strategies import multi_trial  # noqa: F401  (evolution, random, tpe)
+    from strategies import second_order, triple_level  # noqa: F401  (darts2, tmics)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from strategies import StrategySpec, register_strategy
 
 
@@ -20,4 +22,47 @@ register_strategy(StrategySpec(
                 "architecture on the validation split, one alpha vector per cell edge",
     make=_darts,
     defaults={"arc_learning_rate": 3e-4, "gradient_clip_val": 5.0, "warmup_epochs": 0},
+))
+
+
+@functools.cache
+def _gumbel_darts_class() -> type:
+    from nas_restore.nni_layer import nni  # noqa: F401
+    from nni.nas.strategy import GumbelDARTS
+
+    class HardableGumbelDARTS(GumbelDARTS):
+        """NNI's GumbelDARTS; ``hard`` makes the forward pass one-hot (straight-through), as GDAS."""
+
+        def __init__(self, *, hard: bool = False, **kwargs):
+            super().__init__(**kwargs)
+            self.hard = bool(hard)
+
+        def configure_softmax(self):
+            softmax = super().configure_softmax()
+            softmax.hard = self.hard
+            return softmax
+
+    return HardableGumbelDARTS
+
+
+def _gdas(arc_learning_rate: float, gradient_clip_val: float | None, warmup_epochs: int,
+          temperature_init: float, temperature_min: float, hard: bool):
+    if not float(temperature_init) >= float(temperature_min) > 0:
+        raise ValueError(f"gdas needs temperature_init >= temperature_min > 0, got {temperature_init} and "
+                         f"{temperature_min}")
+    return _gumbel_darts_class()(
+        hard=hard, arc_learning_rate=arc_learning_rate, gradient_clip_val=gradient_clip_val,
+        warmup_epochs=warmup_epochs, temperature=(float(temperature_init), float(temperature_min)),
+        log_prob_every_n_step=10**9)
+
+
+register_strategy(StrategySpec(
+    name="gdas",
+    family="differentiable",
+    description="GDAS-style Gumbel-softmax DARTS (Dong & Yang 2019), NNI's GumbelDARTS: the edge weights are "
+                "Gumbel-softmax samples of the alphas, temperature annealed linearly from temperature_init to "
+                "temperature_min over the epochs; hard=True samples one-hot (straight-through)",
+    make=_gdas,
+    defaults={"arc_learning_rate": 3e-4, "gradient_clip_val": 5.0, "warmup_epochs": 0,
+              "temperature_init": 10.0, "temperature_min": 0.1, "hard": False},
 ))

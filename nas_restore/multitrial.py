@@ -1,0 +1,399 @@
+"""Multi-trial search (evolution, random, tpe): every trial trains one sampled network from scratch.
+
+:func:`run_multitrial` hands NNI a :class:`~nas_restore.nni_layer.ChoiceSpace` (the space's choices
+as plain categoricals) and a strategy; each trial (:func:`run_trial`) decodes its sample into the
+space's architecture dict, builds the space's plain network from the genotype, trains it
+``trial_epochs`` epochs with our restoration loss and a fresh Lightning trainer (NNI's sequential
+engine would otherwise reuse one trainer, see NNI_NOTES 1d), scores validation PSNR and SSIM, and
+reports PSNR to NNI, which always maximises. A trial that raises (out of memory, a diverging loss)
+is recorded as failed and the search goes on.
+
+Each trial writes its row to ``trials/<...>.json`` in the run folder (from the search process in
+the sequential engine, from its own process in the training-service engine); the search process
+then writes ``trials.csv``, ``anytime.csv`` and, with a cost objective, ``pareto.csv``.
+"""
+
+from __future__ import annotations
+
+import csv
+import gc
+import json
+import logging
+import math
+import os
+import pickle
+import time
+import uuid
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+log = logging.getLogger(__name__)
+
+COST_OBJECTIVES = ("params", "flops", "latency")
+COST_COLUMNS = {"params": "params", "flops": "flops", "latency": "latency_s"}
+TRIAL_COLUMNS = ("trial", "status", "genotype_id", "val_psnr", "val_ssim", "params", "flops", "latency_s",
+                 "seconds", "start_s", "end_s", "nni_trial", "arch", "error")
+PARETO_COLUMNS = ("trial", "genotype_id", "val_psnr", "objective", "cost", "arch")
+JOB_FILE = "multitrial_job.pkl"
+TRIALS_DIR = "trials"
+
+
+def cost_objective(objectives: Sequence[str]) -> str | None:
+    """The cost objective of ``objectives`` (``["psnr"]`` -> None, ``["psnr", "flops"]`` -> "flops")."""
+    objectives = [str(o).strip().lower() for o in objectives]
+    if not objectives or objectives[0] != "psnr" or len(objectives) > 2 or \
+            (len(objectives) == 2 and objectives[1] not in COST_OBJECTIVES):
+        raise ValueError(f"objectives {objectives} not understood: give ['psnr'] or ['psnr', X] with X one of "
+                         f"{', '.join(COST_OBJECTIVES)} (CLI: --objectives psnr,params)")
+    return objectives[1] if len(objectives) == 2 else None
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the points (psnr, cost) that no other point dominates: maximise PSNR, minimise cost.
+
+    A point is dominated when another has PSNR >= and cost <= with one of them strict; equal points
+    are all kept. Points with a NaN coordinate are never on the front. Indices come sorted by cost.
+    """
+    valid = [(i, float(p), float(c)) for i, (p, c) in enumerate(points) if not (math.isnan(p) or math.isnan(c))]
+    front = [(i, p, c) for i, p, c in valid
+             if not any(p2 >= p and c2 <= c and (p2 > p or c2 < c) for _, p2, c2 in valid)]
+    return [i for i, _, _ in sorted(front, key=lambda t: (t[2], -t[1], t[0]))]
+
+
+@dataclass
+class TrialJob:
+    """What every trial needs: kept in memory for in-process trials (sequential engine), pickled into
+    the run folder for trial processes (training-service engine)."""
+
+    config: Any                  # SearchConfig
+    space: str                   # the space's name or file path (found again with find_space)
+    space_config: Any
+    multiples: dict[str, dict[str, Any]]
+    train_data: Any
+    val_data: Any
+    run_dir: str
+    device: str
+    started_wall: float          # time.time() at the start of the search
+    deadline_wall: float | None  # no trial starts training after this time
+    cost: str | None             # the cost objective, if any
+    threads: int | None          # torch threads per trial process (training-service engine)
+
+
+_JOBS: dict[Any, TrialJob] = {}
+_MEMORY = "memory:"
+
+
+def _load_job(path: str, relative: str | None = None) -> TrialJob:
+    """The job: in memory for the sequential engine's in-process trials, else the pickled file.
+
+    A remote trial runs in NNI's upload of the launch folder: there the job is at its relative path.
+    """
+    if path.startswith(_MEMORY):
+        if path not in _JOBS:
+            raise RuntimeError(f"no multi-trial job {path} in this process: in-memory jobs serve in-process trials")
+        return _JOBS[path]
+    file = Path(path)
+    if not file.is_file() and relative and Path(relative).is_file():
+        file = Path(relative)
+    key = (str(file.resolve()), file.stat().st_mtime_ns)
+    if key not in _JOBS:
+        with file.open("rb") as fh:
+            _JOBS[key] = pickle.load(fh)
+    return _JOBS[key]
+
+
+def run_trial(model: Any, job_path: str, job_relpath: str | None = None) -> None:
+    """NNI's evaluator function: train and score the network of one sampled architecture."""
+    from nas_restore.nni_layer import decode_choices, nni_trial_id, report_final_metric
+    from search_spaces import find_space
+
+    job = _load_job(job_path, job_relpath)
+    if job.threads:
+        torch.set_num_threads(job.threads)
+    started = time.time()
+    arch = decode_choices(dict(model.arch), job.multiples)
+    row: dict[str, Any] = {"status": "ok", "arch": arch, "nni_trial": nni_trial_id(), "error": ""}
+    if row["nni_trial"]:  # a trial process of the training-service engine: when it was launched
+        import psutil
+
+        row["process_started"] = psutil.Process().create_time()
+    if job.deadline_wall is not None and started > job.deadline_wall:
+        log.info("trial skipped: the search budget is spent (%s)", arch)
+        _write_row(job, {**row, "status": "skipped", "error": "budget_seconds spent before the trial started"},
+                   started)
+        return
+    try:
+        spec = find_space(job.space)
+        genotype = spec.to_genotype(arch, job.space_config, {})
+        row["genotype_id"] = genotype.genotype_id()
+        torch.manual_seed(job.config.seed)  # the same initial weights whichever trial or process builds it
+        network = spec.make_network(genotype)
+        row.update(measure_cost(network, job))
+        row.update(train_and_score(network, job))
+        if not math.isfinite(row["val_psnr"]):
+            raise FloatingPointError(f"validation PSNR is {row['val_psnr']}")
+    except Exception as err:  # noqa: BLE001  (any failure is one failed trial, reported to NNI by the raise)
+        row.update(status="failed", error=f"{type(err).__name__}: {err}"[:500])
+        log.warning("trial failed (%s): %s", arch, row["error"])
+        _write_row(job, row, started)
+        _release_memory(job)
+        raise
+    _write_row(job, row, started)
+    log.info("trial %s: val PSNR %.2f dB, SSIM %.4f, %d params (%.1f s)", row["genotype_id"], row["val_psnr"],
+             row["val_ssim"], row["params"], time.time() - started)
+    report_final_metric(row["val_psnr"])
+
+
+def train_and_score(network: torch.nn.Module, job: TrialJob) -> dict[str, float]:
+    """Train ``network`` for ``trial_epochs`` with a fresh trainer; its validation PSNR and SSIM."""
+    import pytorch_lightning as pl
+    from torch.utils.data import DataLoader
+
+    from nas_restore.device import lightning_accelerator
+    from nas_restore.training import OptimConfig, RestorationModule, _quiet_lightning
+
+    config = job.config
+    accelerator, devices = lightning_accelerator(torch.device(job.device))
+    with _quiet_lightning(), warnings.catch_warnings():
+        # fit without a validation loop, then validate once: Lightning warns about the first
+        warnings.filterwarnings("ignore", message=r".*validation_step.*but have no.*val_dataloader.*")
+        pl.seed_everything(config.seed, workers=True, verbose=False)  # every trial sees the same data order
+        train_loader = DataLoader(job.train_data, batch_size=config.batch_size, shuffle=True, drop_last=True,
+                                  num_workers=config.num_workers,
+                                  generator=torch.Generator().manual_seed(config.seed))
+        val_loader = DataLoader(job.val_data, batch_size=config.batch_size, num_workers=config.num_workers)
+        optim = OptimConfig(lr=config.lr, weight_decay=config.weight_decay, min_lr=config.lr * 0.01,
+                            cosine_epochs=config.trial_epochs)
+        module = RestorationModule(network, loss=config.loss, optim=optim)
+        trainer = pl.Trainer(max_epochs=config.trial_epochs, accelerator=accelerator, devices=devices,
+                             logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                             enable_model_summary=False, num_sanity_val_steps=0,
+                             gradient_clip_val=1.0, deterministic=False)
+        trainer.fit(module, train_dataloaders=train_loader)
+        scores = trainer.validate(module, dataloaders=val_loader, verbose=False)[0]
+    return {"val_psnr": float(scores["val_psnr"]), "val_ssim": float(scores["val_ssim"])}
+
+
+def measure_cost(network: torch.nn.Module, job: TrialJob) -> dict[str, float]:
+    """Parameters and FLOPs (one forward pass at the training patch size) always; latency if asked."""
+    from nas_restore.profiling import count_flops, count_parameters, input_shape, measure_latency
+
+    size = job.config.data.patch_size
+    shape = input_shape(job.space_config.frames, size, size)
+    cost: dict[str, float] = {"params": count_parameters(network)}
+    try:
+        cost["flops"] = count_flops(network, shape)
+    except Exception as err:  # noqa: BLE001  (an op torch cannot count: the column stays empty)
+        log.warning("could not count FLOPs: %s", err)
+        cost["flops"] = math.nan
+    if job.cost == "latency":
+        cost["latency_s"] = measure_latency(network, shape, device=job.device).median_s
+        network.to("cpu")
+    return cost
+
+
+def _release_memory(job: TrialJob) -> None:
+    gc.collect()
+    if torch.device(job.device).type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _write_row(job: TrialJob, row: dict[str, Any], started: float) -> None:
+    ended = time.time()
+    row = {**row, "started": started, "ended": ended, "seconds": round(ended - started, 3)}
+    folder = Path(job.run_dir) / TRIALS_DIR
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{started:.6f}-{uuid.uuid4().hex[:8]}.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(row, default=str))
+        tmp.replace(path)  # whole files only: the search process may read the folder at any time
+    except OSError as err:  # a remote trial without the run folder: NNI still gets the metric
+        log.warning("could not write the trial row to %s: %s", folder, err)
+
+
+# --------------------------------------------------------------------------------------------------
+# the search
+
+
+def run_multitrial(ctx: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Run a multi-trial strategy for ``run_search``; NNI's arch dict of the chosen trial + metadata.
+
+    The chosen trial is the best validation PSNR; with a cost objective that is the best-PSNR point of
+    the Pareto front (the cheaper one on a PSNR tie), and the whole front goes to ``pareto.csv``.
+    """
+    from nas_restore.nni_layer import ChoiceSpace, run_multitrial_experiment, space_choices
+
+    config, run_dir = ctx.config, Path(ctx.run_dir)
+    cost = cost_objective(config.objectives)
+    if cost == "latency" and config.parallel > 1:
+        log.warning("latency is measured while %d trials share the machine: compare it with care", config.parallel)
+    choices, multiples = space_choices(ctx.space_spec.make_space(ctx.space_config))
+    if not choices:
+        raise ValueError(f"space {config.space!r} has no choices to search with these settings")
+    trials_dir = run_dir / TRIALS_DIR
+    trials_dir.mkdir(parents=True, exist_ok=True)
+    for old in [*trials_dir.glob("*.json"), run_dir / "pareto.csv"]:  # a re-run in the same folder starts afresh
+        old.unlink(missing_ok=True)
+    now_wall = time.time()
+    started_wall = now_wall - (time.perf_counter() - ctx.started)
+    remaining = None if config.budget_seconds is None else config.budget_seconds - (time.perf_counter() - ctx.started)
+    if remaining is not None and remaining <= 0:
+        raise ValueError(f"budget_seconds={config.budget_seconds} is spent before the first trial (data and space "
+                         "set-up took longer): raise --budget-seconds")
+    threads = max(1, (os.cpu_count() or 1) // config.parallel) if config.parallel > 1 else None
+    job = TrialJob(config=config, space=config.space, space_config=ctx.space_config, multiples=multiples,
+                   train_data=ctx.train_data, val_data=ctx.val_data, run_dir=str(run_dir.resolve()),
+                   device=str(ctx.device), started_wall=started_wall,
+                   deadline_wall=None if remaining is None else now_wall + remaining, cost=cost, threads=threads)
+    sequential = config.parallel == 1 and not config.training_service
+    job_path = run_dir / JOB_FILE
+    if sequential:  # trials run in this process: no file, and datasets need not be picklable
+        arguments = {"job_path": f"{_MEMORY}{uuid.uuid4().hex}", "job_relpath": None}
+        _JOBS[arguments["job_path"]] = job
+    else:
+        try:
+            with job_path.open("wb") as fh:
+                pickle.dump(job, fh)
+        except (pickle.PicklingError, TypeError, AttributeError) as err:
+            job_path.unlink(missing_ok=True)
+            raise ValueError(f"the search's data or settings cannot be sent to trial processes ({err}): run with "
+                             "parallel 1 and no training_service, or use picklable datasets") from None
+        relative = os.path.relpath(job_path.resolve(), Path.cwd()) if job_path.resolve().is_relative_to(Path.cwd()) \
+            else None
+        arguments = {"job_path": str(job_path.resolve()), "job_relpath": relative}
+    options = dict(config.strategy_options)
+    if "seed" in ctx.strategy_spec.defaults and options.get("seed") is None:
+        options["seed"] = config.seed
+    strategy = ctx.strategy_spec.build(options)
+    log.info("multi-trial search: %s, %d choices, up to %d trials of %d epoch(s), %d at once%s", config.strategy,
+             len(choices), config.max_trials, config.trial_epochs, config.parallel,
+             "" if remaining is None else f", {remaining:.0f} s left")
+    engine = "sequential" if sequential else "training_service"
+    records: list[dict[str, Any]] = []
+    try:
+        engine, records = run_multitrial_experiment(
+            ChoiceSpace(choices), run_trial, arguments, strategy, run_dir / "nni", max_trials=config.max_trials,
+            max_seconds=remaining, parallel=config.parallel, training_service=config.training_service)
+    finally:
+        rows = collect_trials(trials_dir, started_wall)
+        if not rows and records:
+            log.warning("no trial wrote its row into %s (remote trials without a shared run folder?): the tables "
+                        "hold what NNI recorded (architecture, PSNR, status) only", trials_dir)
+            rows = rows_from_nni(records, multiples)
+        write_trials(rows, run_dir / "trials.csv")
+        write_anytime_rows(rows, config.trial_epochs, run_dir / "anytime.csv")
+        job_path.unlink(missing_ok=True)
+        _JOBS.pop(arguments["job_path"], None)
+    arch, metadata = _choose(rows, cost, config, engine, run_dir)
+    metadata["strategy_seed"] = options.get("seed")
+    return arch, metadata
+
+
+def _choose(rows: list[dict[str, Any]], cost: str | None, config: Any, engine: str,
+            run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    done = [r for r in rows if r["status"] == "ok"]
+    failed = [r for r in rows if r["status"] == "failed"]
+    if not done:
+        raise RuntimeError(f"no trial finished ({len(failed)} failed, {len(rows) - len(failed)} skipped): see "
+                           f"{run_dir / 'trials.csv'} and search.log")
+    metadata: dict[str, Any] = {
+        "engine": engine, "parallel": config.parallel, "objectives": list(config.objectives),
+        "trials_run": len(done) + len(failed), "trials_failed": len(failed),
+        "trial_epochs": config.trial_epochs,
+        "search_cost_epochs": (len(done) + len(failed)) * config.trial_epochs,
+    }
+    if cost is None:
+        best = max(done, key=lambda r: (r["val_psnr"], -r["trial"]))
+    else:
+        column = COST_COLUMNS[cost]
+        front = [done[i] for i in pareto_front([(r["val_psnr"], r.get(column, math.nan)) for r in done])]
+        write_pareto(front, cost, run_dir / "pareto.csv")
+        candidates = front or done
+        best = max(candidates, key=lambda r: (r["val_psnr"], -_num(r.get(column)), -r["trial"]))
+        metadata["pareto"] = [{"trial": r["trial"], "genotype_id": r["genotype_id"], "val_psnr": r["val_psnr"],
+                               cost: r.get(column)} for r in front]
+        metadata["selection"] = "best validation PSNR on the Pareto front"
+    metadata.update(best_trial=best["trial"], best_val_psnr=best["val_psnr"], best_val_ssim=best["val_ssim"])
+    log.info("best trial %d: %s, val PSNR %.2f dB", best["trial"], best["genotype_id"], best["val_psnr"])
+    return dict(best["arch"]), metadata
+
+
+def _num(value: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return math.inf
+    return math.inf if math.isnan(number) else number
+
+
+def collect_trials(trials_dir: Path, started_wall: float) -> list[dict[str, Any]]:
+    """The trial rows, numbered in the order they ended, with times relative to the search start."""
+    rows = []
+    for path in trials_dir.glob("*.json"):
+        try:
+            rows.append(json.loads(path.read_text()))
+        except (OSError, json.JSONDecodeError) as err:
+            log.warning("unreadable trial row %s: %s", path, err)
+    rows.sort(key=lambda r: (r["ended"], r["started"]))
+    for i, row in enumerate(rows):
+        row["trial"] = i
+        row["start_s"] = round(row["started"] - started_wall, 3)
+        row["end_s"] = round(row["ended"] - started_wall, 3)
+        for column in ("val_psnr", "val_ssim", "params", "flops", "latency_s"):
+            row.setdefault(column, math.nan)
+        row.setdefault("genotype_id", "")
+    return rows
+
+
+def rows_from_nni(records: list[dict[str, Any]], multiples: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Trial rows from NNI's own record of the trials (no SSIM, cost or times: NNI keeps PSNR only)."""
+    from nas_restore.nni_layer import decode_choices
+
+    rows = []
+    for i, record in enumerate(records):
+        ok = record["status"] == "trained" and record["metric"] is not None
+        rows.append({"trial": i, "status": "ok" if ok else "failed", "genotype_id": "",
+                     "arch": decode_choices(record["sample"], multiples),
+                     "val_psnr": float(record["metric"]) if ok else math.nan, "val_ssim": math.nan,
+                     "params": math.nan, "flops": math.nan, "latency_s": math.nan, "seconds": math.nan,
+                     "start_s": math.nan, "end_s": math.nan, "nni_trial": "",
+                     "error": "" if ok else f"NNI status {record['status']} (see the NNI trial logs)"})
+    return rows
+
+
+def write_trials(rows: list[dict[str, Any]], path: Path) -> None:
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(TRIAL_COLUMNS), extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({**row, "arch": json.dumps(row["arch"], sort_keys=True)})
+
+
+def write_anytime_rows(rows: list[dict[str, Any]], trial_epochs: int, path: Path) -> None:
+    """anytime.csv: after each trained (or failed) trial, cost so far and the best PSNR found so far."""
+    from nas_restore.search import write_anytime
+
+    anytime, trained = [], 0
+    for row in rows:
+        if row["status"] == "skipped":
+            continue
+        trained += 1
+        anytime.append({"cost_seconds": row["end_s"], "cost_epochs": trained * trial_epochs,
+                        "val_psnr": row["val_psnr"] if row["status"] == "ok" else math.nan,
+                        "source": f"trial {row['trial']}" + ("" if row["status"] == "ok" else " (failed)")})
+    write_anytime(anytime, path)
+
+
+def write_pareto(front: list[dict[str, Any]], cost: str, path: Path) -> None:
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(PARETO_COLUMNS))
+        writer.writeheader()
+        for row in front:
+            writer.writerow({"trial": row["trial"], "genotype_id": row["genotype_id"], "val_psnr": row["val_psnr"],
+                             "objective": cost, "cost": row.get(COST_COLUMNS[cost]),
+                             "arch": json.dumps(row["arch"], sort_keys=True)})

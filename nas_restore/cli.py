@@ -285,11 +285,12 @@ def cmd_search(args: argparse.Namespace) -> int:
                      budget_seconds=args.budget_seconds)
     if args.objectives is not None:
         overrides["objectives"] = [o.strip() for o in args.objectives.split(",") if o.strip()]
-    for name in ("skip_cap", "skip_stop"):
+    merged = cfg.merge(data, overrides)
+    for name in ("skip_cap", "skip_stop"):  # set after the merge: "off" is None, which merge reads as "not given"
         value = getattr(args, name)
         if value is not None:
-            overrides[name] = _count_or_off(value, "--" + name.replace("_", "-"))
-    config = cfg.from_dict(SearchConfig, cfg.merge(data, overrides), "search")
+            merged[name] = _count_or_off(value, "--" + name.replace("_", "-"))
+    config = cfg.from_dict(SearchConfig, merged, "search")
     result = run_search(config, args.out)
     g = result.genotype
     print(f"genotype {g.genotype_id()} -> {result.genotype_path}  ({result.seconds:.0f} s)")

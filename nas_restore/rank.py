@@ -172,6 +172,8 @@ def resize_like(genotype: Genotype, like: Genotype) -> Genotype:
     resized = genotype.copy()
     resized.space_config = {**genotype.space_config,
                             **{k: like.space_config[k] for k in _SIZE_KEYS if k in like.space_config}}
+    if int(resized.space_config.get("frames", 1)) == 1 and "alignment" in resized.macro:
+        resized.macro = {**resized.macro, "alignment": "none"}  # a single frame has nothing to align
     if "fusion_mode" in resized.space_config and resized.fusion:
         resized.fusion = {**resized.fusion, "mode": resized.space_config["fusion_mode"]}
     name = (genotype.metadata or {}).get("name", "reference")
@@ -196,6 +198,20 @@ def random_genotypes(like: Genotype, count: int, first_seed: int = 0) -> list[Ge
         out.append(spec.to_genotype(arch, space_config, {"name": f"random-{seed}", "strategy": "uniform random "
                                                          "sample (rank)", "seed": seed, "nni_arch": arch}))
     return out
+
+
+def _frames_like(genotype: Genotype, like: Genotype) -> Genotype:
+    """A baseline of another space (e.g. rescnn) taking as many input frames as ``like`` does, so that
+    every row reads the same data; only spaces without architecture choices are rebuilt."""
+    from search_spaces import find_space
+
+    frames = like.space_config.get("frames")
+    if frames is None or genotype.space_config.get("frames") == frames or genotype.cells:
+        return genotype
+    spec = find_space(genotype.space)
+    space_config = spec.config_class.from_dict({**genotype.space_config, "frames": frames})
+    meta = {**(genotype.metadata or {}), "note": f"input frames set to {frames}, as the like genotype's"}
+    return spec.to_genotype({}, space_config, meta)
 
 
 def space_genotype(text: str) -> Genotype:
@@ -265,6 +281,8 @@ def resolve_entries(items: list[str], config: RankConfig) -> list[Entry]:
                     raise ValueError("--reference-size like needs a like genotype: list a genotype file among the "
                                      "entries or pass --like GENOTYPE")
                 genotype = resize_like(genotype, like)
+            elif config.reference_size == "like" and like is not None:
+                genotype = _frames_like(genotype, like)
             entries.append(Entry(genotype.metadata.get("name", item), "reference", item, genotype))
         elif kind == "space":
             entries.append(Entry(value.metadata["name"], "space", item, value))

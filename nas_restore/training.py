@@ -331,6 +331,9 @@ def trainer_strategy(devices: int, num_nodes: int) -> str:
     return "ddp" if devices > 1 or num_nodes > 1 else "auto"
 
 
+_TENSORBOARD_NOTED = False  # say once per process that TensorBoard is missing, not at every retraining
+
+
 def make_loggers(out_dir: Path) -> list[Any]:
     """CSV logs in ``out_dir/logs`` always; TensorBoard logs in ``out_dir/tensorboard`` when installed."""
     loggers: list[Any] = [CSVLogger(save_dir=out_dir, name="logs", flush_logs_every_n_steps=1)]
@@ -339,8 +342,11 @@ def make_loggers(out_dir: Path) -> list[Any]:
 
         loggers.append(TensorBoardLogger(save_dir=out_dir, name="tensorboard", default_hp_metric=False))
     except (ImportError, ModuleNotFoundError) as err:
-        log.warning("TensorBoard logs off (%s): pip install 'nas-restore[tensorboard]' for them; CSV logs are in %s",
-                 str(err).splitlines()[0], out_dir / "logs")
+        global _TENSORBOARD_NOTED
+        say = log.info if _TENSORBOARD_NOTED else log.warning
+        _TENSORBOARD_NOTED = True
+        say("TensorBoard logs off (%s): pip install 'nas-restore[tensorboard]' for them; CSV logs are in %s",
+            str(err).splitlines()[0], out_dir / "logs")
     return loggers
 
 

@@ -118,3 +118,35 @@ def test_retrain_refuses_a_folder_that_holds_another_genotype(capsys, tmp_path):
     code, _, err = run(capsys, "retrain", str(tmp_path / "second.json"), "--out", str(out), "--epochs", "1")
     assert code == 2 and f"holds the retraining of genotype {first.genotype_id()}" in err
     assert (out / "genotype.json").read_text() == first.to_json() + "\n"
+
+
+def test_search_flag_errors_name_the_flag_and_the_fix(capsys, tmp_path):
+    out = str(tmp_path / "r")
+    code, _, err = run(capsys, "search", "--strategy-option", "arc_learning_rate", "--out", out, "--epochs", "1")
+    assert code == 2 and "--strategy-option takes KEY=VALUE" in err
+    code, _, err = run(capsys, "search", "--strategy-option", "arc_lr=0.1", "--out", out, "--epochs", "1")
+    assert code == 2 and "no option(s) ['arc_lr']" in err and "arc_learning_rate=" in err
+    code, _, err = run(capsys, "search", "--skip-cap", "two", "--out", out, "--epochs", "1")
+    assert code == 2 and "--skip-cap takes a whole number >= 0 or 'off'" in err
+    code, _, err = run(capsys, "search", "--objectives", "psnr,params", "--strategy", "darts", "--out", out,
+                       "--epochs", "1", "--device", "cpu")
+    assert code == 2 and "need a multi-trial strategy" in err
+
+
+def test_search_flags_reach_the_run_config(capsys, tmp_path):
+    """--strategy-option, --skip-cap off and the multi-trial flags land in the run's config.yaml."""
+    import yaml
+
+    config = tmp_path / "search.yaml"
+    config.write_text("preset: cpu\nspace_settings: {channels: 4, frames: 1, cells_per_branch: 1, nodes_per_cell: 2,"
+                      " rain_kernels: 2, operations: [DilConv_3_2, skip_connect]}\nepochs: 1\nbatch_size: 2\n"
+                      "data: {patch_size: 16, train_items: 2, val_items: 2}\n")
+    code, _, _ = run(capsys, "search", "--config", str(config), "--strategy", "random", "--max-trials", "2",
+                     "--trial-epochs", "1", "--objectives", "psnr,params", "--skip-cap", "off",
+                     "--strategy-option", "seed=3", "--out", str(tmp_path / "run"), "--device", "cpu",
+                     "--no-progress")
+    assert code == 0
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["strategy_options"] == {"seed": 3} and saved["skip_cap"] is None
+    assert saved["max_trials"] == 2 and saved["objectives"] == ["psnr", "params"]
+    assert (tmp_path / "run" / "pareto.csv").is_file()

@@ -154,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare", help="every strategy x seed under one budget, retrained alike, scored on held-out "
                                        "synthetic clips; results.csv, summary.md, plots (re-run to resume)")
-    p.add_argument("--space", default=None, help="search space (default tmics)")
+    p.add_argument("--space", default=None, help="search space (default tmics), or several comma-separated, e.g. "
+                                                 "tmics,rrgnet,rdmc: each searched by every strategy x seed alike")
     p.add_argument("--preset", default=None, help="space preset (default demo)")
     p.add_argument("--strategies", default=None, help="comma-separated, e.g. darts,gdas,random")
     p.add_argument("--seeds", type=int, default=None, help="seeds per strategy (0..K-1 from --first-seed)")
@@ -514,8 +515,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     result = run_compare(config, args.out, command=command_line(), say=lambda m: print(m, flush=True))
     done = result.results[result.results["status"] == "done"]
     print(f"{len(done)}/{len(result.results)} run(s) finished ({len(result.ran)} worked on in this call)")
-    for strategy, group in done.groupby("strategy", sort=False):
-        print(f"  {strategy:>12}: PSNR {group['psnr'].mean():.2f} dB over {len(group)} seed(s)")
+    keys = ["space", "strategy"] if "space" in done else ["strategy"]  # several spaces: space/strategy
+    for key, group in done.groupby(keys, sort=False):
+        print(f"  {'/'.join(map(str, key)):>12}: PSNR {group['psnr'].mean():.2f} dB over {len(group)} seed(s)")
     print(f"  results : {result.out / 'results.csv'}")
     print(f"  summary : {result.summary_path}")
     for path in result.plots:

@@ -15,8 +15,14 @@ Many NAS methods do no better than random search, so a comparison is only worth 
 * **one held-out test set**: synthetic clips written once from their own seed through the folder
   writer (salted), never searched or trained on; the rainy input is scored on it too.
 
-The out folder holds ``compare.yaml`` (the settings), ``runs/<strategy>-seed<k>/`` (one per run: the
-search folder, the retraining folder, the evaluation, and a record per finished stage), and the report:
+Several spaces (``space: [tmics, rrgnet, rdmc]`` or ``--space tmics,rrgnet,rdmc``) are each searched by
+every strategy x seed under that same protocol; the held-out clips are shared, and every model is scored
+on each clip frame as the centre of its own window (one frame for an image derainer), so all are scored
+on the same frames.
+
+The out folder holds ``compare.yaml`` (the settings), ``runs/<strategy>-seed<k>/`` (one per run, or
+``runs/<space>/<strategy>-seed<k>/`` with several spaces: the search folder, the retraining folder, the
+evaluation, and a record per finished stage), and the report:
 ``results.csv``, ``summary.md`` and PNG plots. Re-running the same command resumes: finished runs are
 skipped, unfinished ones continue from their last finished stage (retraining from its last checkpoint),
 failed ones are retried; a run that fails is recorded with its error and the others go on.
@@ -24,6 +30,7 @@ failed ones are retried; a run that fails is recorded with its error and the oth
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import re
@@ -54,6 +61,8 @@ RESULT_COLUMNS = ("strategy", "family", "seed", "status", "genotype_id", "params
                   "psnr_input", "ssim_input", "budget", "budget_unit", "genotype", "error")
 # settings that may change between calls on one out folder without invalidating finished runs
 _EXTENSIBLE = ("strategies", "seeds", "first_seed", "progress")
+# ... and, when the folder already holds a several-space comparison, these (checked space by space)
+_PER_SPACE = ("space", "preset", "space_settings")
 
 
 @dataclass
@@ -93,9 +102,9 @@ def _default_retrain() -> RetrainRunConfig:
 class CompareConfig:
     """A whole comparison; ``nas-restore compare --config FILE`` reads these keys (flags override)."""
 
-    space: str = "tmics"
-    preset: str | None = "demo"
-    space_settings: dict[str, Any] = field(default_factory=dict)
+    space: str | list[str] = "tmics"      # one space, or several ([tmics, rdmc] or "tmics,rdmc"), each searched alike
+    preset: str | dict[str, str] | None = "demo"       # one name for every space, or {space: preset}
+    space_settings: dict[str, Any] = field(default_factory=dict)   # flat (one space) or {space: {key: value}}
     strategies: list[str] = field(default_factory=lambda: ["darts", "random"])
     seeds: int = 3
     first_seed: int = 0
@@ -111,6 +120,24 @@ class CompareConfig:
     progress: bool = False
 
     def __post_init__(self) -> None:
+        names = self.space.split(",") if isinstance(self.space, str) else list(self.space or [])
+        names = [str(n).strip() for n in names if str(n).strip()]
+        if not names:
+            raise ValueError("space is empty: name at least one search space (e.g. tmics, or tmics,rrgnet,rdmc)")
+        if len(set(names)) != len(names):
+            raise ValueError(f"space lists a name twice: {names}")
+        # one space stays a string, so that a single-space compare.yaml reads exactly as before
+        self.space = names[0] if len(names) == 1 else names
+        if isinstance(self.preset, dict):
+            missing = [s for s in names if s not in self.preset]
+            extra = sorted(set(self.preset) - set(names))
+            if missing or extra:
+                raise ValueError(f"preset keyed by space must name exactly the spaces compared ({', '.join(names)}); "
+                                 f"missing {missing}, not compared {extra}. Or give one preset name for all")
+        if self.space_settings and not _keyed(self.space_settings, names) and len(names) > 1:
+            raise ValueError(f"with several spaces, key space_settings by space name ({{{names[0]}: {{...}}, ...}}): "
+                             f"its keys {sorted(self.space_settings)} are not all spaces compared "
+                             f"({', '.join(names)})")
         if isinstance(self.strategies, str):
             self.strategies = [s.strip() for s in self.strategies.split(",") if s.strip()]
         if not self.strategies:
@@ -136,11 +163,64 @@ class CompareConfig:
     def seed_list(self) -> list[int]:
         return list(range(self.first_seed, self.first_seed + self.seeds))
 
+    @property
+    def spaces(self) -> list[str]:
+        return [self.space] if isinstance(self.space, str) else list(self.space)
+
+    @property
+    def multi_space(self) -> bool:
+        return len(self.spaces) > 1
+
+    def preset_for(self, space: str) -> str | None:
+        return _preset_for(self.preset, space)
+
+    def settings_for(self, space: str) -> dict[str, Any]:
+        return _settings_for(self.space_settings, self.spaces, space)
+
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None, where: str = "compare") -> "CompareConfig":
         """Settings given in ``data`` over the defaults of this class, nested ones included (a YAML file
         with ``retrain: {train: {epochs: 2}}`` keeps the comparison's other retraining defaults)."""
         return cfg.from_dict(cls, cfg.merge(cfg.to_dict(cls()), data or {}), where)
+
+
+def _keyed(settings: dict[str, Any], spaces: list[str]) -> bool:
+    """Whether ``space_settings`` is keyed by space name (rather than one space's flat settings)."""
+    return bool(settings) and all(k in spaces and isinstance(v, dict) for k, v in settings.items())
+
+
+def _preset_for(preset: Any, space: str) -> str | None:
+    return preset.get(space) if isinstance(preset, dict) else preset
+
+
+def _settings_for(settings: dict[str, Any] | None, spaces: list[str], space: str) -> dict[str, Any]:
+    settings = settings or {}
+    if _keyed(settings, spaces):
+        return dict(settings.get(space) or {})
+    return dict(settings)
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+def check_spaces(config: CompareConfig) -> dict[str, int]:
+    """Resolve every space's config now (an unknown space, preset or setting fails before any run) and
+    check the test clips are long enough for its input window; returns the frames each space takes."""
+    from search_spaces import find_space
+
+    frames: dict[str, int] = {}
+    for space in config.spaces:
+        space_config = find_space(space).config(config.preset_for(space), **config.settings_for(space))
+        frames[space] = int(getattr(space_config, "frames", 1))
+        if frames[space] > config.test.frames_per_clip:
+            raise ValueError(f"space {space!r} takes {frames[space]} input frames but the test clips have "
+                             f"test.frames_per_clip={config.test.frames_per_clip}: raise test.frames_per_clip to "
+                             f"at least {frames[space]}")
+    safe = [_safe(s) for s in config.spaces]
+    if len(set(safe)) != len(safe):
+        raise ValueError(f"spaces {config.spaces} give the same run folder name ({safe}): rename one")
+    return frames
 
 
 # --------------------------------------------------------------------------------------------------
@@ -167,13 +247,15 @@ def budget_settings(config: CompareConfig, one_shot: bool) -> dict[str, Any]:
     return {"max_trials": trials, "trial_epochs": config.trial_epochs}
 
 
-def search_config(config: CompareConfig, strategy: str, seed: int) -> SearchConfig:
+def search_config(config: CompareConfig, strategy: str, seed: int, space: str | None = None) -> SearchConfig:
+    """The search of one run; ``space`` is one of ``config.spaces`` (default: the first)."""
     from strategies import find_strategy
 
     spec = find_strategy(strategy)
     recipe = config.search
+    space = space or config.spaces[0]
     return SearchConfig(
-        space=config.space, preset=config.preset, space_settings=dict(config.space_settings), strategy=strategy,
+        space=space, preset=config.preset_for(space), space_settings=config.settings_for(space), strategy=strategy,
         strategy_options=dict(config.strategy_options.get(strategy, {})), batch_size=recipe.batch_size,
         lr=recipe.lr, weight_decay=recipe.weight_decay, loss=recipe.loss, data=recipe.data, seed=seed,
         device=config.device, num_workers=recipe.num_workers, progress=config.progress,
@@ -217,7 +299,18 @@ def held_out_test(config: CompareConfig, out: Path) -> tuple[Path, dict[str, Any
 
 
 def run_name(strategy: str, seed: int) -> str:
-    return f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', strategy)}-seed{seed}"
+    return f"{_safe(strategy)}-seed{seed}"
+
+
+def run_path(config: CompareConfig, space: str, strategy: str, seed: int) -> Path:
+    """A run's folder relative to the out folder: ``runs/<strategy>-seed<k>`` (one space) or
+    ``runs/<space>/<strategy>-seed<k>`` (several)."""
+    base = Path("runs") / _safe(space) if config.multi_space else Path("runs")
+    return base / run_name(strategy, seed)
+
+
+def run_label(config: CompareConfig, space: str, strategy: str, seed: int) -> str:
+    return str(run_path(config, space, strategy, seed).relative_to("runs"))
 
 
 def seed_everything(seed: int) -> None:
@@ -256,8 +349,8 @@ def _search_cost_epochs(genotype: Any, run_dir: Path) -> float:
 
 
 def run_one(config: CompareConfig, strategy: str, seed: int, run_dir: Path, test_dir: Path,
-            test_record: dict[str, Any]) -> dict[str, Any]:
-    """Search, retrain, evaluate one (strategy, seed), skipping the stages already recorded."""
+            test_record: dict[str, Any], space: str | None = None) -> dict[str, Any]:
+    """Search, retrain, evaluate one (space, strategy, seed), skipping the stages already recorded."""
     from nas_restore.build import load_trained
     from nas_restore.evaluation import evaluate_folder
     from nas_restore.genotype import load_genotype
@@ -265,13 +358,14 @@ def run_one(config: CompareConfig, strategy: str, seed: int, run_dir: Path, test
     from strategies import find_strategy
 
     spec = find_strategy(strategy)
+    space = space or config.spaces[0]
     search_dir = run_dir / "search"
     search = read_json(run_dir / "search.json")
     if search is None:
         if search_dir.exists():  # an unfinished search cannot be continued: start it again
             log.info("%s: removing the unfinished search in %s", run_dir.name, search_dir)
             shutil.rmtree(search_dir)
-        sconf = search_config(config, strategy, seed)
+        sconf = search_config(config, strategy, seed, space)
         result = run_search(sconf, search_dir)
         meta = result.genotype.metadata or {}
         search = {"genotype": str(Path(result.genotype_path).resolve().relative_to(run_dir.resolve())),
@@ -293,12 +387,12 @@ def run_one(config: CompareConfig, strategy: str, seed: int, run_dir: Path, test
         write_json(run_dir / "retrain.json", retrained)
 
     model, _ = load_trained(run_dir / retrained["model"])
-    frames = int(genotype.space_config.get("frames", 1))
+    frames = int(genotype.space_config.get("frames", 1))  # the window centred on every test frame
     evaluation = evaluate_folder(test_dir, model, frames=frames, device=config.device, progress=False)
     evaluation.save(run_dir / "evaluation")
     model.cpu()
     size = config.test.size
-    return {
+    row = {
         "strategy": strategy, "family": spec.family, "seed": seed, "status": "done",
         "genotype_id": search["genotype_id"], "params": count_parameters(model),
         "flops": count_flops(model, input_shape(frames, size, size)),
@@ -308,8 +402,9 @@ def run_one(config: CompareConfig, strategy: str, seed: int, run_dir: Path, test
         "psnr": evaluation.summary["psnr"], "ssim": evaluation.summary["ssim"],
         "psnr_input": test_record["psnr_input"], "ssim_input": test_record["ssim_input"],
         "budget": config.budget, "budget_unit": config.budget_unit,
-        "genotype": str(Path("runs") / run_dir.name / search["genotype"]), "error": "",
+        "genotype": str(run_path(config, space, strategy, seed) / search["genotype"]), "error": "",
     }
+    return {"space": space, **row} if config.multi_space else row
 
 
 # --------------------------------------------------------------------------------------------------
@@ -325,18 +420,51 @@ class CompareResult:
     ran: list[str]          # run folders worked on in this call (the others were already finished)
 
 
+def _space_record(config: CompareConfig, space: str) -> dict[str, Any]:
+    """A space's preset and settings as they read back from JSON/YAML (tuples as lists), for comparing."""
+    record = {"space": space, "preset": config.preset_for(space), "space_settings": config.settings_for(space)}
+    return json.loads(json.dumps(record, default=str))
+
+
 def _check_same_settings(out: Path, config: CompareConfig) -> None:
     previous_path = out / "compare.yaml"
-    if not previous_path.exists():
-        return
+    if previous_path.exists():
+        _check_same_yaml(out, previous_path, config)
+    if config.multi_space:
+        # a space left out of an earlier call and named again keeps its finished runs: only if alike
+        for space in config.spaces:
+            record_path = out / "runs" / _safe(space) / "space.json"
+            record = read_json(record_path)
+            if record is not None and record != _space_record(config, space):
+                raise ValueError(f"{record_path.parent} holds runs of space {space!r} made with other settings "
+                                 f"(preset {record.get('preset')}, space_settings {record.get('space_settings')}): "
+                                 "give another --out, or those settings")
+
+
+def _check_same_yaml(out: Path, previous_path: Path, config: CompareConfig) -> None:
     previous = cfg.load_yaml(previous_path)
     current = cfg.to_dict(config)
+    extensible = set(_EXTENSIBLE)
+    if isinstance(previous.get("space"), list) and config.multi_space:
+        # several spaces before and now (the same run layout): spaces may be added or left out like
+        # strategies, but a space in both must keep its preset and settings
+        extensible |= set(_PER_SPACE)
+        before = [str(s) for s in previous["space"]]
+        kept = [s for s in config.spaces if s in before]
+        changed_spaces = [s for s in kept
+                          if {"space": s, "preset": _preset_for(previous.get("preset"), s),
+                              "space_settings": _settings_for(previous.get("space_settings"), before, s)}
+                          != _space_record(config, s)]
+    else:
+        changed_spaces = []
     changed = sorted(k for k in set(previous) | set(current)
-                     if k not in _EXTENSIBLE and previous.get(k) != current.get(k))
+                     if k not in extensible and previous.get(k) != current.get(k))
+    changed += [f"preset/space_settings of {s}" for s in changed_spaces]
     if changed:
         raise ValueError(f"{out} holds a comparison made with other settings ({', '.join(changed)}: not as in "
                          f"{previous_path}): its finished runs would not be comparable. Give another --out, or "
-                         f"the same settings (only strategies and seeds may change)")
+                         f"the same settings (only strategies and seeds may change, and spaces be added to a "
+                         f"comparison of several spaces)")
 
 
 def run_compare(config: CompareConfig, out_dir: str | Path, command: str | None = None,
@@ -346,33 +474,41 @@ def run_compare(config: CompareConfig, out_dir: str | Path, command: str | None 
 
     for name in config.strategies:
         find_strategy(name)  # an unknown name fails now, not after an hour of other runs
+    frames = check_spaces(config)  # so does an unknown space, preset or setting
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _check_same_settings(out, config)
     cfg.save_yaml(config, out / "compare.yaml")
+    if config.multi_space:
+        for space in config.spaces:
+            write_json(out / "runs" / _safe(space) / "space.json", _space_record(config, space))
     test_dir, test_record = held_out_test(config, out)
+    columns = result_columns(config)
 
     rows: list[dict[str, Any]] = []
     ran: list[str] = []
-    total = len(config.strategies) * config.seeds
-    for k, (strategy, seed) in enumerate(((s, d) for s in config.strategies for d in config.seed_list), 1):
-        run_dir = out / "runs" / run_name(strategy, seed)
+    runs = [(sp, s, d) for sp in config.spaces for s in config.strategies for d in config.seed_list]
+    for k, (space, strategy, seed) in enumerate(runs, 1):
+        run_dir = out / run_path(config, space, strategy, seed)
+        label = run_label(config, space, strategy, seed)
         done = read_json(run_dir / "done.json")
         if done is not None:
-            say(f"[{k}/{total}] {run_dir.name}: finished earlier, skipped")
+            say(f"[{k}/{len(runs)}] {label}: finished earlier, skipped")
             rows.append(done)
             continue
-        ran.append(run_dir.name)
-        say(f"[{k}/{total}] {run_dir.name}: search, retrain, evaluate")
+        ran.append(label)
+        say(f"[{k}/{len(runs)}] {label}: search, retrain, evaluate")
         run_dir.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
         try:
-            row = run_one(config, strategy, seed, run_dir, test_dir, test_record)
+            row = run_one(config, strategy, seed, run_dir, test_dir, test_record, space)
         except Exception as err:  # noqa: BLE001  (one failed run must not stop the comparison)
             message = f"{type(err).__name__}: {err}"
             (run_dir / "error.log").write_text(traceback.format_exc())
             row = {"strategy": strategy, "family": find_strategy(strategy).family, "seed": seed,
                    "status": "failed", "error": message, "budget": config.budget, "budget_unit": config.budget_unit}
+            if config.multi_space:
+                row = {"space": space, **row}
             write_json(run_dir / "failed.json", row)
             say(f"      failed ({message}); details in {run_dir / 'error.log'}; the other runs go on")
         else:
@@ -381,36 +517,55 @@ def run_compare(config: CompareConfig, out_dir: str | Path, command: str | None 
             say(f"      PSNR {row['psnr']:.2f} dB, SSIM {row['ssim']:.4f}, genotype {row['genotype_id']} "
                 f"({time.perf_counter() - started:.0f} s)")
         rows.append(row)
-        write_results(rows, out / "results.csv")
+        write_results(rows, out / "results.csv", columns)
 
-    results = write_results(rows, out / "results.csv")
+    results = write_results(rows, out / "results.csv", columns)
     from nas_restore.plots import compare_plots
 
-    plots = compare_plots(results, out, anytime_curves(results, out),
+    # with several spaces every figure tells them apart by labelling each series space/strategy
+    plotted = results.assign(strategy=_labels(config, results)) if config.multi_space else results
+    plots = compare_plots(plotted, out, anytime_curves(results, out, config),
                           cost_column="cost_seconds" if config.budget_unit == "seconds" else "cost_epochs",
                           psnr_input=test_record["psnr_input"])
-    summary_path = write_summary(config, results, test_record, out, plots, command)
+    summary_path = write_summary(config, results, test_record, out, plots, command, frames)
     return CompareResult(out=out, results=results, summary_path=summary_path, plots=plots, ran=ran)
 
 
-def anytime_curves(results: pd.DataFrame, out: Path) -> dict[str, list[pd.DataFrame]]:
-    """Each finished run's anytime.csv, by strategy."""
+def _labels(config: CompareConfig, results: pd.DataFrame) -> list[str]:
+    """Each row's series name: the strategy, or ``space/strategy`` with several spaces."""
+    if not config.multi_space:
+        return [str(s) for s in results["strategy"]]
+    return [f"{space}/{strategy}" for space, strategy in zip(results["space"], results["strategy"])]
+
+
+def anytime_curves(results: pd.DataFrame, out: Path,
+                   config: CompareConfig | None = None) -> dict[str, list[pd.DataFrame]]:
+    """Each finished run's anytime.csv, by strategy (by ``space/strategy`` with several spaces)."""
+    config = config or CompareConfig()
     curves: dict[str, list[pd.DataFrame]] = {}
-    for row in results[results["status"] == "done"].itertuples():
-        path = out / "runs" / run_name(row.strategy, int(row.seed)) / "search" / "anytime.csv"
+    done = results[results["status"] == "done"]
+    for label, row in zip(_labels(config, done), done.itertuples()):
+        space = row.space if config.multi_space else config.spaces[0]
+        path = out / run_path(config, space, row.strategy, int(row.seed)) / "search" / "anytime.csv"
         try:
-            curves.setdefault(row.strategy, []).append(pd.read_csv(path))
+            curves.setdefault(label, []).append(pd.read_csv(path))
         except (OSError, pd.errors.EmptyDataError):
-            log.warning("no anytime curve for %s seed %s (%s)", row.strategy, row.seed, path)
+            log.warning("no anytime curve for %s seed %s (%s)", label, row.seed, path)
     return curves
 
 
-def write_results(rows: list[dict[str, Any]], path: Path) -> pd.DataFrame:
+def result_columns(config: CompareConfig) -> tuple[str, ...]:
+    """results.csv's columns: a leading ``space`` column only when several spaces are compared."""
+    return ("space",) + RESULT_COLUMNS if config.multi_space else RESULT_COLUMNS
+
+
+def write_results(rows: list[dict[str, Any]], path: Path,
+                  columns: tuple[str, ...] = RESULT_COLUMNS) -> pd.DataFrame:
     frame = pd.DataFrame(rows)
-    for column in RESULT_COLUMNS:
+    for column in columns:
         if column not in frame:
             frame[column] = None
-    frame = frame[list(RESULT_COLUMNS)]
+    frame = frame[list(columns)]
     frame.to_csv(path, index=False)
     return frame
 
@@ -456,8 +611,35 @@ def strategy_table(results: pd.DataFrame, strategies: list[str], reference: str 
     return markdown_table(header, rows)
 
 
+def spaces_table(config: CompareConfig, results: pd.DataFrame, frames: dict[str, int],
+                 test_record: dict[str, Any]) -> str:
+    """One row per space: its best strategy (highest mean test PSNR over finished seeds) and that one's
+    size and scores."""
+    header = ["space", "preset", "input frames", "best strategy", "runs", "PSNR (dB)", "SSIM", "params", "FLOPs"]
+    rows = [["rainy input", "–", "–", "–", "–", f"{test_record['psnr_input']:.2f}",
+             f"{test_record['ssim_input']:.4f}", "–", "–"]]
+    for space in config.spaces:
+        sub = results[results["space"] == space]
+        done = sub[sub["status"] == "done"]
+        row = [f"`{space}`", str(config.preset_for(space)), str(frames.get(space, "?"))]
+        if done.empty:
+            rows.append(row + ["–", f"0/{len(sub)}", "–", "–", "–", "–"])
+            continue
+        best = done.groupby("strategy", sort=False)["psnr"].mean().astype(float).idxmax()
+        b = done[done["strategy"] == best]
+        rows.append(row + [best, f"{len(b)}/{len(sub[sub['strategy'] == best])}", mean_std(b["psnr"]),
+                           mean_std(b["ssim"], 4), fmt_count(b["params"].astype(float).mean()),
+                           fmt_count(b["flops"].astype(float).mean())])
+    return markdown_table(header, rows)
+
+
+def _space_text(config: CompareConfig, space: str) -> str:
+    settings = config.settings_for(space)
+    return f"preset {config.preset_for(space)}" + (f" with {settings}" if settings else "")
+
+
 def write_summary(config: CompareConfig, results: pd.DataFrame, test_record: dict[str, Any], out: Path,
-                  plots: list[Path], command: str | None) -> Path:
+                  plots: list[Path], command: str | None, frames: dict[str, int] | None = None) -> Path:
     from strategies import find_strategy
 
     reference = REFERENCE_STRATEGY if REFERENCE_STRATEGY in config.strategies else None
@@ -480,12 +662,15 @@ def write_summary(config: CompareConfig, results: pd.DataFrame, test_record: dic
         budget_text = (f"{config.budget:g} wall-clock seconds per search for every strategy (epochs and trials "
                        f"capped at {config.seconds_max_epochs}; the clock stops first). Wall-clock budgets depend "
                        "on the machine's load: read them with the load average below.")
-    space_cfg = f"preset {config.preset}" + (f" with {config.space_settings}" if config.space_settings else "")
+    space_cfg = _space_text(config, config.spaces[0])
     sdata, rdata, rt = config.search.data, config.retrain.data, config.retrain.train
     seeds = config.seed_list
     mach = machine_info(_resolved_device(config.device))
     regenerate = command or "(run from Python: see compare.yaml)"
     failed = results[results["status"] != "done"]
+    if config.multi_space:
+        return _write_multi_summary(config, results, test_record, out, plots, frames or check_spaces(config),
+                                    reference, families, budget_text, regenerate, mach)
 
     lines = [
         f"# Strategy comparison on the `{config.space}` space",
@@ -559,6 +744,104 @@ def write_summary(config: CompareConfig, results: pd.DataFrame, test_record: dic
     return path
 
 
+def _write_multi_summary(config: CompareConfig, results: pd.DataFrame, test_record: dict[str, Any], out: Path,
+                         plots: list[Path], frames: dict[str, int], reference: str | None, families: dict[str, Any],
+                         budget_text: str, regenerate: str, mach: dict[str, Any]) -> Path:
+    """summary.md of a several-space comparison: the spaces table, then per space its strategies."""
+    names = ", ".join(f"`{s}`" for s in config.spaces)
+    sdata, rdata, rt = config.search.data, config.retrain.data, config.retrain.train
+    failed = results[results["status"] != "done"]
+    window = ", ".join(f"{s} {frames[s]}" for s in config.spaces)
+    lines = [
+        f"# Strategy comparison across the {names} spaces",
+        "",
+        "What this shows: which of these search spaces, searched by each strategy under one search budget, "
+        "gave the better derainer after one retraining recipe, on one held-out test set, over several seeds; "
+        "within each space random search is the reference (a NAS method is worth its cost only if it beats it). "
+        "What it does not show: budgets are CPU-sized (a few epochs on small patches), one epoch-equivalent "
+        "costs each space a different amount of compute (compare the search and retraining seconds), and the "
+        "rain is synthetic (the same generator and the same five scikit-image photographs, at other crops, in "
+        "search, training and test data), so the ranking need not carry over to real rain or to paper-sized "
+        "budgets.",
+        "",
+        "## Spaces",
+        "",
+        spaces_table(config, results, frames, test_record),
+        "",
+        "Best strategy: the highest mean test PSNR of the space's finished runs; its PSNR and SSIM are mean ± "
+        "sample standard deviation over seeds, params and FLOPs the mean over seeds. The spaces take different "
+        f"numbers of input frames ({window}): every model gets, for each frame of the held-out clips, the window "
+        "of its own length centred on that frame (clip edges replicated; a one-frame model gets the frame alone) "
+        "and is scored on that centre frame against its clean target, so every model is scored on the same "
+        f"frames ({test_record['count']} frames).",
+        "",
+    ]
+    for space in config.spaces:
+        sub = results[results["space"] == space]
+        lines += [f"## Space `{space}` ({_space_text(config, space)})", "",
+                  strategy_table(sub, config.strategies, reference), ""]
+    lines += [
+        "Mean ± sample standard deviation over seeds of finished runs; Δ is the per-seed difference to "
+        f"{reference} of the same space (the same seed's data), then its mean ± std." if reference else
+        "Mean ± sample standard deviation over seeds. No random-search reference in this comparison: add "
+        "`random` to --strategies for the baseline every NAS result should be read against.",
+        "",
+    ]
+    if len(failed):
+        lines += ["Failed runs (re-run the command to retry them):", ""]
+        lines += [f"- {r.space}/{r.strategy} seed {r.seed}: {r.error}" for r in failed.itertuples()]
+        lines.append("")
+    for path in plots:
+        lines += [f"![{path.stem}]({path.name})", ""]
+    lines += [
+        "Figures: each series is `space/strategy`.",
+        "",
+        "## Protocol",
+        "",
+        "- spaces: " + "; ".join(f"`{s}` ({_space_text(config, s)}, {frames[s]} input frame(s))"
+                                 for s in config.spaces) + "; each searched by every strategy x seed below",
+        f"- strategies: {', '.join(f'{s} ({spec.family})' for s, spec in families.items())}; options: "
+        f"{config.strategy_options or 'defaults (nas-restore strategies --json)'}",
+        f"- seeds: {', '.join(map(str, config.seed_list))}; seed s searches and retrains on synthetic items of seeds "
+        "10000·s+1 (train) and 10000·s+2 (validation), the same for every strategy and space (windows of each "
+        "space's own length)",
+        f"- budget: {budget_text}",
+        f"- search: batch {config.search.batch_size}, lr {config.search.lr:g}, {sdata.train_items} train / "
+        f"{sdata.val_items} validation patches of {sdata.patch_size} px",
+        f"- retraining (every genotype alike, from scratch): {rt.epochs} epoch(s), batch {rt.batch_size}, Adam lr "
+        f"{rt.lr:g} cosine to {rt.min_lr:g}, loss L1 {rt.loss.l1_weight:g} + SSIM {rt.loss.ssim_weight:g}, "
+        f"{rdata.train_items} train / {rdata.val_items} validation patches of {rdata.patch_size} px; the model "
+        "kept is the best epoch by validation PSNR",
+        f"- test: {config.test.clips} synthetic clips x {config.test.frames_per_clip} frames of "
+        f"{config.test.size} px (rain {', '.join(config.test.rain_types)}), written by the folder writer from seed "
+        f"{config.test.seed} (salted apart from the training items), never searched or trained on; full frames; "
+        "every frame scored as the centre of each model's window",
+        f"- metrics: {test_record['protocol']}; FLOPs of one forward pass at {config.test.size}x{config.test.size} "
+        "with the space's own number of input frames (2 per multiply-add); search seconds include the search's "
+        "own validation",
+        "- anytime curves: best validation PSNR found so far against search cost; one-shot runs score the "
+        "supernet, multi-trial runs each trained trial, so the levels of the two families are not comparable, "
+        "only their shapes",
+        "",
+        "## Machine",
+        "",
+        machine_line(mach),
+        "",
+        "## Regenerate",
+        "",
+        f"    {regenerate}",
+        "",
+        f"or, with every setting from this folder: `nas-restore compare --config {out / 'compare.yaml'} "
+        f"--out {out}`. Re-running resumes: finished runs (runs/*/*/done.json) are skipped, and spaces may be "
+        "added. Per run: `runs/<space>/<strategy>-seed<k>/` (search folder, retraining, evaluation/per_item.csv). "
+        "Per-run rows: results.csv.",
+        "",
+    ]
+    path = out / "summary.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
 def _resolved_device(device: str) -> str:
     from nas_restore.device import resolve_device
 
@@ -566,4 +849,5 @@ def _resolved_device(device: str) -> str:
 
 
 __all__ = ["CompareConfig", "SearchRecipe", "HeldOutConfig", "CompareResult", "budget_settings", "search_config",
-           "run_compare", "run_one", "write_results", "seed_everything", "RESULT_COLUMNS"]
+           "check_spaces", "run_compare", "run_one", "run_path", "write_results", "result_columns", "seed_everything",
+           "RESULT_COLUMNS"]

@@ -202,3 +202,108 @@ def test_the_same_genotype_is_retrained_from_the_same_start_whatever_ran_before(
     a, b = result.results.itertuples()
     assert a.status == b.status == "done" and a.genotype_id == b.genotype_id
     assert a.retrain_val_psnr == b.retrain_val_psnr and a.psnr == b.psnr
+
+
+TINY_RDMC = {"channels": 4, "levels": 2, "dilations": [1, 2], "recursions": [1, 2],
+             "upsamplings": ["bilinear", "pixelshuffle"]}
+
+
+def two_space_config(strategies, seeds=1):
+    config = tiny_config(strategies, seeds=seeds)
+    config.space = ["tmics", "rdmc"]
+    config.space_settings = {"tmics": dict(TINY_SPACE), "rdmc": dict(TINY_RDMC)}
+    config.__post_init__()
+    return config
+
+
+def test_two_spaces_are_searched_alike_and_reported_per_space(tmp_path, monkeypatch, multi_trial):
+    out = tmp_path / "cmp"
+    config = two_space_config(["darts", multi_trial])
+    calls = {"search": [], "retrain": []}
+    _counting(monkeypatch, calls)
+    first = run_compare(config, out, command="nas-restore compare --space tmics,rdmc (test)", say=lambda m: None)
+    assert first.ran == ["tmics/darts-seed0", "tmics/random-seed0", "rdmc/darts-seed0", "rdmc/random-seed0"]
+    for label in first.ran:
+        assert (out / "runs" / label / "done.json").is_file(), label
+
+    results = pd.read_csv(out / "results.csv")
+    assert list(results.columns) == ["space", *compare_mod.RESULT_COLUMNS]
+    assert (results["status"] == "done").all(), results["error"].tolist()
+    assert list(zip(results["space"], results["strategy"])) == [
+        ("tmics", "darts"), ("tmics", "random"), ("rdmc", "darts"), ("rdmc", "random")]
+    assert (results["params"] > 0).all() and (results["flops"] > 0).all()
+    assert results["psnr_input"].nunique() == 1  # one test set for every space
+    assert results["genotype"].str.startswith(tuple(f"runs/{s}/" for s in ("tmics", "rdmc"))).all()
+
+    # each space searched and retrained with its own settings; the same test frames scored for both
+    from nas_restore.genotype import load_genotype
+
+    frames = {s: load_genotype(out / g).space_config.get("frames", 1)
+              for s, g in zip(results["space"], results["genotype"])}
+    assert frames == {"tmics": 3, "rdmc": 1}
+    scored = [pd.read_csv(out / "runs" / label / "evaluation" / "per_item.csv")["name"].tolist()
+              for label in first.ran]
+    assert all(names == scored[0] for names in scored) and len(scored[0]) == 3  # 1 clip x 3 frames
+
+    curves = compare_mod.anytime_curves(results, out, config)
+    assert set(curves) == {"tmics/darts", "tmics/random", "rdmc/darts", "rdmc/random"}
+    for name in ("summary.md", "anytime.png", "pareto.png", "box.png"):
+        assert (out / name).is_file(), name
+    summary = (out / "summary.md").read_text()
+    assert "across the `tmics`, `rdmc` spaces" in summary and "## Spaces" in summary
+    assert "## Space `tmics`" in summary and "## Space `rdmc`" in summary
+    assert summary.count("**random**") == 2 and "of the same space" in summary
+    assert "centre frame" in summary and "tmics 3, rdmc 1" in summary
+    assert "runs/<space>/<strategy>-seed<k>/" in summary
+
+    # resume: nothing to redo; adding a space is allowed, changing a kept space's settings is not
+    calls = {"search": [], "retrain": []}
+    _counting(monkeypatch, calls)
+    assert run_compare(config, out, say=lambda m: None).ran == [] and calls["search"] == []
+    bigger = two_space_config(["darts", multi_trial])
+    bigger.space = ["tmics", "rdmc", "rrgnet"]
+    compare_mod._check_same_settings(out, bigger)
+    changed = two_space_config(["darts", multi_trial])
+    changed.space_settings["rdmc"]["channels"] = 6
+    with pytest.raises(ValueError, match="preset/space_settings of rdmc"):
+        compare_mod._check_same_settings(out, changed)
+    with pytest.raises(ValueError, match="other settings.*space"):
+        compare_mod._check_same_settings(out, tiny_config(["darts", multi_trial], seeds=1))
+    # a space left out and named again with other settings: its old runs are not reused
+    (out / "compare.yaml").unlink()
+    with pytest.raises(ValueError, match="runs of space 'rdmc' made with other settings"):
+        compare_mod._check_same_settings(out, changed)
+    assert (out / "runs" / "rdmc" / "space.json").is_file()
+
+
+def test_space_lists_presets_and_settings_are_read_per_space():
+    from nas_restore.config import ConfigError
+
+    config = CompareConfig.from_dict({"space": "tmics, rdmc", "preset": "demo",
+                                      "space_settings": {"rdmc": {"channels": 4}}})
+    assert config.spaces == ["tmics", "rdmc"] and config.multi_space
+    assert config.settings_for("rdmc") == {"channels": 4} and config.settings_for("tmics") == {}
+    assert compare_mod.search_config(config, "darts", 0, "rdmc").space_settings == {"channels": 4}
+    single = CompareConfig.from_dict({"space": ["tmics"], "space_settings": {"channels": 6}})
+    assert single.space == "tmics" and not single.multi_space  # one space: stored as before
+    assert single.settings_for("tmics") == {"channels": 6}
+    keyed = CompareConfig(space=["tmics", "rdmc"], preset={"tmics": "cpu", "rdmc": "demo"})
+    assert keyed.preset_for("tmics") == "cpu" and keyed.preset_for("rdmc") == "demo"
+    with pytest.raises(ConfigError, match="key space_settings by space name"):
+        CompareConfig.from_dict({"space": ["tmics", "rdmc"], "space_settings": {"channels": 6}})
+    with pytest.raises(ValueError, match="missing \\['rdmc'\\]"):
+        CompareConfig(space=["tmics", "rdmc"], preset={"tmics": "demo"})
+    with pytest.raises(ValueError, match="twice"):
+        CompareConfig(space="tmics,tmics")
+    assert compare_mod.check_spaces(CompareConfig(space="tmics,rrgnet,rdmc")) == {"tmics": 3, "rrgnet": 5, "rdmc": 1}
+    short = CompareConfig(space="tmics,rrgnet", test=HeldOutConfig(frames_per_clip=3))
+    with pytest.raises(ValueError, match="'rrgnet' takes 5 input frames.*frames_per_clip"):
+        compare_mod.check_spaces(short)
+
+
+def test_cli_compare_reports_an_unknown_space_among_several_as_a_user_error(tmp_path, capsys):
+    code = main(["compare", "--space", "tmics,rdmcc", "--strategies", "darts", "--seeds", "1", "--budget", "1",
+                 "--out", str(tmp_path / "c")])
+    assert code == 2
+    assert "unknown search space 'rdmcc'" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()

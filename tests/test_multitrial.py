@@ -231,7 +231,6 @@ def test_web_portal_preload_binds_node_servers_to_localhost(tmp_path):
     assert plain.stdout.strip() != "127.0.0.1"  # without it node listens on every interface
 
 
-@pytest.mark.slow
 def test_parallel_two_runs_two_trials_at_once_on_the_training_service_engine(tmp_path):
     result = run_search(tiny_config("random", max_trials=2, parallel=2), tmp_path)
     assert result.genotype.metadata["engine"] == "training_service"

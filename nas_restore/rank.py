@@ -227,10 +227,11 @@ def space_genotype(text: str) -> Genotype:
     space_config = spec.config(preset)
     meta = {"name": name if not preset else f"{name}-{preset}", "strategy": f"space {name}, preset {preset}"}
     try:
-        return spec.to_genotype({}, space_config, meta)  # no choices: the architecture is the space itself
-    except Exception:  # noqa: BLE001  (a space with choices wants them all answered)
-        arch = random_architecture(spec.make_space(space_config), seed=0)
-        return spec.to_genotype(arch, space_config, {**meta, "strategy": meta["strategy"] + ", seed-0 random draw"})
+        space = spec.make_space(space_config)
+    except ValueError:  # a space without architecture choices (rescnn): the architecture is the space itself
+        return spec.to_genotype({}, space_config, meta)
+    arch = random_architecture(space, seed=0)
+    return spec.to_genotype(arch, space_config, {**meta, "strategy": meta["strategy"] + ", seed-0 random draw"})
 
 
 def resolve_entries(items: list[str], config: RankConfig) -> list[Entry]:

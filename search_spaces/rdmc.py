@@ -357,6 +357,10 @@ def to_genotype(arch: dict[str, Any], config: RDMCConfig, metadata: dict[str, An
     unknown = sorted(set(arch) - set(searched_labels(config)))
     if unknown:
         raise GenotypeError(f"the architecture has keys the rdmc space does not know: {unknown}")
+    missing = sorted(set(searched_labels(config)) - set(arch))
+    if missing:
+        raise GenotypeError(f"the architecture answers no value for the rdmc choice(s) {missing}: give every "
+                            "searched label (single-candidate choices may be left out)")
     macro = {key: str(arch.get(key, values[0])) for key, values in config.choices().items()}
     genotype = Genotype(space="rdmc", cells={}, macro=macro, space_config=config.to_dict(),
                         metadata=dict(metadata or {}))

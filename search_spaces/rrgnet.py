@@ -381,6 +381,11 @@ def to_genotype(arch: dict[str, Any], config: RRGNetConfig, metadata: dict[str, 
     choices = config.choices()
     full = {key: str(arch.get(key, values[0])) for key, values in choices.items()}
     depth = int(full["depth"])
+    used = [k for k in searched_labels(config) if not k.startswith("level") or int(k[5:].split("/")[0]) < depth]
+    missing = sorted(set(used) - set(arch))
+    if missing:
+        raise GenotypeError(f"the architecture answers no value for the rrgnet choice(s) {missing}: give every "
+                            "searched label of the levels in use (single-candidate choices may be left out)")
     macro = {k: v for k, v in full.items() if not k.startswith("level") or int(k[5:].split("/")[0]) < depth}
     genotype = Genotype(space="rrgnet", cells={}, macro=macro, space_config=config.to_dict(),
                         fusion={"type": macro["fusion"]}, metadata=dict(metadata or {}))

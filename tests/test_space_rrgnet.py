@@ -165,3 +165,19 @@ def test_tiny_evolution_search_trains_sampled_networks(tmp_path):
     genotype = load_genotype(run_search(config, tmp_path / "run").genotype_path)
     assert genotype.metadata["trials_run"] == 2 and genotype.metadata["trials_failed"] == 0
     assert genotype.macro["level0/op"] in TINY["operations"]
+
+
+@pytest.mark.parametrize("space", ["rrgnet", "rdmc"])
+def test_an_architecture_missing_a_choice_is_refused_not_filled_in(space):
+    """A partial NNI architecture must not silently become the first candidate of every missing choice."""
+    from nas_restore.genotype import GenotypeError
+    from nas_restore.nni_layer import random_architecture
+    from search_spaces import find_space
+
+    spec = find_space(space)
+    config = spec.config("cpu")
+    arch = random_architecture(spec.make_space(config), seed=1)
+    spec.to_genotype(arch, config, {})  # the whole architecture is fine
+    dropped = next(k for k in arch if k in ("fusion", "recursions"))
+    with pytest.raises(GenotypeError, match=rf"no value for the {space} choice\(s\) \['{dropped}'\]"):
+        spec.to_genotype({k: v for k, v in arch.items() if k != dropped}, config, {})

@@ -343,7 +343,7 @@ def make_loggers(out_dir: Path) -> list[Any]:
         loggers.append(TensorBoardLogger(save_dir=out_dir, name="tensorboard", default_hp_metric=False))
     except (ImportError, ModuleNotFoundError) as err:
         global _TENSORBOARD_NOTED
-        say = log.info if _TENSORBOARD_NOTED else log.warning
+        say = log.debug if _TENSORBOARD_NOTED else log.info  # optional extra: not a problem, so not a warning
         _TENSORBOARD_NOTED = True
         say("TensorBoard logs off (%s): pip install 'nas-restore[tensorboard]' for them; CSV logs are in %s",
             str(err).splitlines()[0], out_dir / "logs")

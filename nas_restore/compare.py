@@ -662,9 +662,6 @@ def write_summary(config: CompareConfig, results: pd.DataFrame, test_record: dic
         budget_text = (f"{config.budget:g} wall-clock seconds per search for every strategy (epochs and trials "
                        f"capped at {config.seconds_max_epochs}; the clock stops first). Wall-clock budgets depend "
                        "on the machine's load: read them with the load average below.")
-    space_cfg = _space_text(config, config.spaces[0])
-    sdata, rdata, rt = config.search.data, config.retrain.data, config.retrain.train
-    seeds = config.seed_list
     mach = machine_info(_resolved_device(config.device))
     regenerate = command or "(run from Python: see compare.yaml)"
     failed = results[results["status"] != "done"]
@@ -695,50 +692,8 @@ def write_summary(config: CompareConfig, results: pd.DataFrame, test_record: dic
         "`random` to --strategies for the baseline every NAS result should be read against.",
         "",
     ]
-    if len(failed):
-        lines += ["Failed runs (re-run the command to retry them):", ""]
-        lines += [f"- {r.strategy} seed {r.seed}: {r.error}" for r in failed.itertuples()]
-        lines.append("")
-    for path in plots:
-        lines += [f"![{path.stem}]({path.name})", ""]
-    lines += [
-        "## Protocol",
-        "",
-        f"- space: `{config.space}`, {space_cfg}",
-        f"- strategies: {', '.join(f'{s} ({spec.family})' for s, spec in families.items())}; options: "
-        f"{config.strategy_options or 'defaults (nas-restore strategies --json)'}",
-        f"- seeds: {', '.join(map(str, seeds))}; seed s searches and retrains on synthetic items of seeds "
-        "10000·s+1 (train) and 10000·s+2 (validation), the same for every strategy",
-        f"- budget: {budget_text}",
-        f"- search: batch {config.search.batch_size}, lr {config.search.lr:g}, {sdata.train_items} train / "
-        f"{sdata.val_items} validation patches of {sdata.patch_size} px",
-        f"- retraining (every genotype alike, from scratch): {rt.epochs} epoch(s), batch {rt.batch_size}, Adam lr "
-        f"{rt.lr:g} cosine to {rt.min_lr:g}, loss L1 {rt.loss.l1_weight:g} + SSIM {rt.loss.ssim_weight:g}, "
-        f"{rdata.train_items} train / {rdata.val_items} validation patches of {rdata.patch_size} px; the model "
-        "kept is the best epoch by validation PSNR",
-        f"- test: {config.test.clips} synthetic clips x {config.test.frames_per_clip} frames of "
-        f"{config.test.size} px (rain {', '.join(config.test.rain_types)}), written by the folder writer from seed "
-        f"{config.test.seed} (salted apart from the training items), never searched or trained on; full frames",
-        f"- metrics: {test_record['protocol']}; FLOPs of one forward pass at {config.test.size}x{config.test.size} "
-        "(2 per multiply-add); search seconds include the search's own validation",
-        "- anytime curves: best validation PSNR found so far against search cost; one-shot runs score the "
-        "supernet, multi-trial runs each trained trial, so the levels of the two families are not comparable, "
-        "only their shapes",
-        "",
-        "## Machine",
-        "",
-        machine_line(mach),
-        "",
-        "## Regenerate",
-        "",
-        f"    {regenerate}",
-        "",
-        f"or, with every setting from this folder: `nas-restore compare --config {out / 'compare.yaml'} "
-        f"--out {out}`. Re-running resumes: finished runs (runs/*/done.json) are skipped. Per run: "
-        "`runs/<strategy>-seed<k>/` (search folder, retraining, evaluation/per_item.csv). Per-run rows: "
-        "results.csv.",
-        "",
-    ]
+    lines += _failed_and_plot_lines(failed, plots, lambda r: r.strategy)
+    lines += _protocol_lines(config, test_record, families, budget_text, regenerate, mach, out)
     path = out / "summary.md"
     path.write_text("\n".join(lines))
     return path
@@ -749,7 +704,6 @@ def _write_multi_summary(config: CompareConfig, results: pd.DataFrame, test_reco
                          budget_text: str, regenerate: str, mach: dict[str, Any]) -> Path:
     """summary.md of a several-space comparison: the spaces table, then per space its strategies."""
     names = ", ".join(f"`{s}`" for s in config.spaces)
-    sdata, rdata, rt = config.search.data, config.retrain.data, config.retrain.train
     failed = results[results["status"] != "done"]
     window = ", ".join(f"{s} {frames[s]}" for s in config.spaces)
     lines = [
@@ -787,24 +741,45 @@ def _write_multi_summary(config: CompareConfig, results: pd.DataFrame, test_reco
         "`random` to --strategies for the baseline every NAS result should be read against.",
         "",
     ]
+    lines += _failed_and_plot_lines(failed, plots, lambda r: f"{r.space}/{r.strategy}")
+    lines += ["Figures: each series is `space/strategy`.", ""]
+    lines += _protocol_lines(config, test_record, families, budget_text, regenerate, mach, out, frames)
+    path = out / "summary.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def _failed_and_plot_lines(failed: pd.DataFrame, plots: list[Path], label: Callable[[Any], str]) -> list[str]:
+    lines: list[str] = []
     if len(failed):
         lines += ["Failed runs (re-run the command to retry them):", ""]
-        lines += [f"- {r.space}/{r.strategy} seed {r.seed}: {r.error}" for r in failed.itertuples()]
+        lines += [f"- {label(r)} seed {r.seed}: {r.error}" for r in failed.itertuples()]
         lines.append("")
     for path in plots:
         lines += [f"![{path.stem}]({path.name})", ""]
-    lines += [
-        "Figures: each series is `space/strategy`.",
-        "",
+    return lines
+
+
+def _protocol_lines(config: CompareConfig, test_record: dict[str, Any], families: dict[str, Any], budget_text: str,
+                    regenerate: str, mach: dict[str, Any], out: Path,
+                    frames: dict[str, int] | None = None) -> list[str]:
+    """The Protocol, Machine and Regenerate sections of summary.md; ``frames`` (per space) for several spaces."""
+    sdata, rdata, rt = config.search.data, config.retrain.data, config.retrain.train
+    multi = frames is not None
+    if multi:
+        space_line = ("- spaces: " + "; ".join(f"`{s}` ({_space_text(config, s)}, {frames[s]} input frame(s))"
+                                               for s in config.spaces) + "; each searched by every strategy x seed below")
+    else:
+        space_line = f"- space: `{config.space}`, {_space_text(config, config.spaces[0])}"
+    return [
         "## Protocol",
         "",
-        "- spaces: " + "; ".join(f"`{s}` ({_space_text(config, s)}, {frames[s]} input frame(s))"
-                                 for s in config.spaces) + "; each searched by every strategy x seed below",
+        space_line,
         f"- strategies: {', '.join(f'{s} ({spec.family})' for s, spec in families.items())}; options: "
         f"{config.strategy_options or 'defaults (nas-restore strategies --json)'}",
         f"- seeds: {', '.join(map(str, config.seed_list))}; seed s searches and retrains on synthetic items of seeds "
-        "10000·s+1 (train) and 10000·s+2 (validation), the same for every strategy and space (windows of each "
-        "space's own length)",
+        "10000·s+1 (train) and 10000·s+2 (validation), the same for every strategy" +
+        (" and space (windows of each space's own length)" if multi else ""),
         f"- budget: {budget_text}",
         f"- search: batch {config.search.batch_size}, lr {config.search.lr:g}, {sdata.train_items} train / "
         f"{sdata.val_items} validation patches of {sdata.patch_size} px",
@@ -814,11 +789,11 @@ def _write_multi_summary(config: CompareConfig, results: pd.DataFrame, test_reco
         "kept is the best epoch by validation PSNR",
         f"- test: {config.test.clips} synthetic clips x {config.test.frames_per_clip} frames of "
         f"{config.test.size} px (rain {', '.join(config.test.rain_types)}), written by the folder writer from seed "
-        f"{config.test.seed} (salted apart from the training items), never searched or trained on; full frames; "
-        "every frame scored as the centre of each model's window",
+        f"{config.test.seed} (salted apart from the training items), never searched or trained on; full frames" +
+        ("; every frame scored as the centre of each model's window" if multi else ""),
         f"- metrics: {test_record['protocol']}; FLOPs of one forward pass at {config.test.size}x{config.test.size} "
-        "with the space's own number of input frames (2 per multiply-add); search seconds include the search's "
-        "own validation",
+        + ("with the space's own number of input frames " if multi else "") +
+        "(2 per multiply-add); search seconds include the search's own validation",
         "- anytime curves: best validation PSNR found so far against search cost; one-shot runs score the "
         "supernet, multi-trial runs each trained trial, so the levels of the two families are not comparable, "
         "only their shapes",
@@ -832,14 +807,13 @@ def _write_multi_summary(config: CompareConfig, results: pd.DataFrame, test_reco
         f"    {regenerate}",
         "",
         f"or, with every setting from this folder: `nas-restore compare --config {out / 'compare.yaml'} "
-        f"--out {out}`. Re-running resumes: finished runs (runs/*/*/done.json) are skipped, and spaces may be "
-        "added. Per run: `runs/<space>/<strategy>-seed<k>/` (search folder, retraining, evaluation/per_item.csv). "
-        "Per-run rows: results.csv.",
+        f"--out {out}`. Re-running resumes: " +
+        ("finished runs (runs/*/*/done.json) are skipped, and spaces may be added. Per run: "
+         "`runs/<space>/<strategy>-seed<k>/` (search folder, retraining, evaluation/per_item.csv). " if multi else
+         "finished runs (runs/*/done.json) are skipped. Per run: `runs/<strategy>-seed<k>/` (search folder, "
+         "retraining, evaluation/per_item.csv). ") + "Per-run rows: results.csv.",
         "",
     ]
-    path = out / "summary.md"
-    path.write_text("\n".join(lines))
-    return path
 
 
 def _resolved_device(device: str) -> str:

@@ -35,8 +35,6 @@ import logging
 import math
 import re
 import shutil
-import time
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -47,7 +45,7 @@ from nas_restore import config as cfg
 from nas_restore.datasets import DataConfig
 from nas_restore.losses import LossConfig
 from nas_restore.report_common import (fmt_count, machine_info, machine_line, markdown_table,
-                                       mean_std, read_json, write_json)
+                                       mean_std, read_json, record_outcome, write_json)
 from nas_restore.retraining import RetrainRunConfig, run_retrain
 from nas_restore.search import SearchConfig, run_search
 from nas_restore.training import RetrainConfig
@@ -499,23 +497,14 @@ def run_compare(config: CompareConfig, out_dir: str | Path, command: str | None 
         ran.append(label)
         say(f"[{k}/{len(runs)}] {label}: search, retrain, evaluate")
         run_dir.mkdir(parents=True, exist_ok=True)
-        started = time.perf_counter()
-        try:
-            row = run_one(config, strategy, seed, run_dir, test_dir, test_record, space)
-        except Exception as err:  # noqa: BLE001  (one failed run must not stop the comparison)
-            message = f"{type(err).__name__}: {err}"
-            (run_dir / "error.log").write_text(traceback.format_exc())
-            row = {"strategy": strategy, "family": find_strategy(strategy).family, "seed": seed,
-                   "status": "failed", "error": message, "budget": config.budget, "budget_unit": config.budget_unit}
-            if config.multi_space:
-                row = {"space": space, **row}
-            write_json(run_dir / "failed.json", row)
-            say(f"      failed ({message}); details in {run_dir / 'error.log'}; the other runs go on")
-        else:
-            write_json(run_dir / "done.json", row)
-            (run_dir / "failed.json").unlink(missing_ok=True)
-            say(f"      PSNR {row['psnr']:.2f} dB, SSIM {row['ssim']:.4f}, genotype {row['genotype_id']} "
-                f"({time.perf_counter() - started:.0f} s)")
+        failed_row = {"strategy": strategy, "family": find_strategy(strategy).family, "seed": seed,
+                      "status": "failed", "budget": config.budget, "budget_unit": config.budget_unit}
+        if config.multi_space:
+            failed_row = {"space": space, **failed_row}
+        row = record_outcome(
+            run_dir, lambda: run_one(config, strategy, seed, run_dir, test_dir, test_record, space), failed_row,
+            lambda r: f"PSNR {r['psnr']:.2f} dB, SSIM {r['ssim']:.4f}, genotype {r['genotype_id']}", say,
+            failed_note="; the other runs go on")
         rows.append(row)
         write_results(rows, out / "results.csv", columns)
 

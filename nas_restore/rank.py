@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import logging
 import re
-import time
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -33,7 +31,7 @@ from nas_restore.compare import HeldOutConfig, seed_everything
 from nas_restore.datasets import DataConfig
 from nas_restore.genotype import Genotype
 from nas_restore.report_common import (fmt, fmt_count, machine_info, machine_line, markdown_table,
-                                       read_json, write_json)
+                                       read_json, record_outcome, write_json)
 from nas_restore.retraining import RetrainRunConfig, run_retrain
 from nas_restore.training import RetrainConfig
 
@@ -389,21 +387,11 @@ def run_rank(items: list[str], config: RankConfig, out_dir: str | Path, command:
         folder.mkdir(parents=True, exist_ok=True)
         entry.genotype.save(folder / "genotype.json")
         say(f"[{k}/{len(entries)}] {entry.label} ({entry.genotype.genotype_id()}): retrain, evaluate, profile")
-        started = time.perf_counter()
-        try:
-            row = rank_one(entry, config, folder, eval_root, eval_split)
-        except Exception as err:  # noqa: BLE001  (one failed entry must not stop the others)
-            message = f"{type(err).__name__}: {err}"
-            (folder / "error.log").write_text(traceback.format_exc())
-            row = {"entry": entry.label, "kind": entry.kind, "status": "failed",
-                   "genotype_id": entry.genotype.genotype_id(), "source": entry.source, "error": message}
-            write_json(folder / "failed.json", row)
-            say(f"      failed ({message}); details in {folder / 'error.log'}")
-        else:
-            write_json(folder / "done.json", row)
-            (folder / "failed.json").unlink(missing_ok=True)
-            say(f"      PSNR {row['psnr']:.2f} dB, SSIM {row['ssim']:.4f}, {row['params']} parameters "
-                f"({time.perf_counter() - started:.0f} s)")
+        failed_row = {"entry": entry.label, "kind": entry.kind, "status": "failed",
+                      "genotype_id": entry.genotype.genotype_id(), "source": entry.source}
+        row = record_outcome(
+            folder, lambda: rank_one(entry, config, folder, eval_root, eval_split), failed_row,
+            lambda r: f"PSNR {r['psnr']:.2f} dB, SSIM {r['ssim']:.4f}, {r['params']} parameters", say)
         rows.append(row)
     results = _table(rows)
     results.to_csv(out / "results.csv", index=False)

@@ -14,8 +14,9 @@ import platform
 import shlex
 import sys
 import time
+import traceback
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 
 def write_json(path: Path, data: Any) -> Path:
@@ -33,6 +34,30 @@ def read_json(path: Path) -> Any | None:
         return json.loads(path.read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return None
+
+
+def record_outcome(folder: Path, work: Callable[[], dict[str, Any]], failed_row: dict[str, Any],
+                   describe: Callable[[dict[str, Any]], str], say: Callable[[str], None],
+                   failed_note: str = "") -> dict[str, Any]:
+    """Run one unit of a report (a compare run, a rank entry) and record how it ended in ``folder``.
+
+    Success: ``done.json`` holds the row (a re-run skips the unit). Failure: ``failed.json`` holds
+    ``failed_row`` plus the error, ``error.log`` the traceback, and the caller goes on with the others.
+    """
+    started = time.perf_counter()
+    try:
+        row = work()
+    except Exception as err:  # noqa: BLE001  (one failed unit must not stop the report)
+        message = f"{type(err).__name__}: {err}"
+        (folder / "error.log").write_text(traceback.format_exc())
+        row = {**failed_row, "error": message}
+        write_json(folder / "failed.json", row)
+        say(f"      failed ({message}); details in {folder / 'error.log'}{failed_note}")
+        return row
+    write_json(folder / "done.json", row)
+    (folder / "failed.json").unlink(missing_ok=True)
+    say(f"      {describe(row)} ({time.perf_counter() - started:.0f} s)")
+    return row
 
 
 def cpu_model() -> str:

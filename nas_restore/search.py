@@ -212,6 +212,10 @@ def run_search(config: SearchConfig, run_dir: str | Path) -> SearchResult:
         space_spec = find_space(config.space)
         strategy_spec = find_strategy(config.strategy)
         space_config = space_spec.config(config.preset, **config.space_settings)
+        if strategy_spec.one_shot and list(config.objectives) != ["psnr"]:
+            raise ValueError(f"objectives {config.objectives} need a multi-trial strategy (evolution, random, tpe): "
+                             f"{config.strategy!r} trains one supernet and scores no single network's cost; "
+                             "drop --objectives or pick a multi-trial strategy")
         cfg.save_yaml({**cfg.to_dict(config), "resolved_space": space_config.to_dict()}, run_dir / "config.yaml")
         pl.seed_everything(config.seed, workers=True, verbose=False)
         device = resolve_device(config.device)
@@ -225,10 +229,6 @@ def run_search(config: SearchConfig, run_dir: str | Path) -> SearchResult:
         context = SearchContext(config=config, run_dir=run_dir, space_spec=space_spec, space_config=space_config,
                                 strategy_spec=strategy_spec, device=device, train_data=train_data,
                                 val_data=val_data, started=started)
-        if strategy_spec.one_shot and list(config.objectives) != ["psnr"]:
-            raise ValueError(f"objectives {config.objectives} need a multi-trial strategy (evolution, random, tpe): "
-                             f"{config.strategy!r} trains one supernet and scores no single network's cost; "
-                             "drop --objectives or pick a multi-trial strategy")
         if strategy_spec.one_shot:
             arch, extra = _run_one_shot(context)
         else:

@@ -47,10 +47,10 @@ def _peak_rss() -> int:
 
 
 def _find_genotype(spec: str):
-    from nas_restore.genotype import load_genotype
+    from nas_restore.sources import load_genotype
 
     if spec.startswith("space:"):  # space:NAME:PRESET, e.g. space:rrgnet:paper (its seed-0 draw, as `rank` does)
-        from nas_restore.rank import space_genotype
+        from nas_restore.sources import space_genotype
 
         return space_genotype(spec)
     path = Path(spec)

@@ -20,148 +20,19 @@ import logging
 import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import networkx as nx
 
-from nas_restore.genotype import (CellGenotype, Genotype, GenotypeError, load_genotype, parse_darts_genotype,
-                                  parse_darts_genotypes, validate_against_space)
-from nas_restore.ops import OPS, build_op, count_parameters, op_family
-from nas_restore.render import MACRO_BUILDERS, OUTPUT_NAME, cell_graph, macro_graph
+from nas_restore.build import build_model
+from nas_restore.genotype import CellGenotype, Genotype
+from nas_restore.graph import JOIN_OPS, OUTPUT_NAME, cell_graph, genotype_graph, is_op_edge, longest_op_path, own_macro_graph
+from nas_restore.ops import OPS, build_op, op_family
+from nas_restore.profiling import count_parameters
+from search_spaces import find_space, validate_genotype
 
 log = logging.getLogger(__name__)
 
-JOIN_OPS = ("concat", "sum", "residual")  # data flow inside a cell drawing, not searched operations
-
-
-# --------------------------------------------------------------------------------------------------
-# loading
-
-
-def load_any_genotype(path: str | Path, name: str | None = None) -> Genotype:
-    """A genotype from a ``genotype.json``, a run folder, or a DARTS text file, validated against its space.
-
-    A text file holding several ``NAME = Genotype(...)`` (a DARTS ``genotypes.py``) needs ``name``.
-    """
-    path = Path(path)
-    if path.is_dir():
-        if not (path / "genotype.json").is_file():
-            raise GenotypeError(f"{path} is a folder without genotype.json: give a search run folder "
-                                "(runs/NAME), a genotype.json or a DARTS Genotype(...) text file")
-        path = path / "genotype.json"
-    if not path.is_file():
-        return load_genotype(path)  # a built-in reference name (tmics-heavy, ...), or a clear error
-    text = path.read_text()
-    if text.lstrip().startswith("{"):
-        if name is not None:
-            raise GenotypeError(f"--name {name!r} picks one Genotype(...) of a text file; {path} is a JSON genotype")
-        return load_genotype(path)
-    found = parse_darts_genotypes(text)
-    if not found:
-        genotype = parse_darts_genotype(text)  # a bare Genotype(...) without "NAME ="
-    elif name is not None:
-        if name not in found:
-            raise GenotypeError(f"{path} has no genotype named {name!r}; it defines: {', '.join(found)}")
-        genotype = found[name]
-    elif len(found) == 1:
-        genotype = next(iter(found.values()))
-    else:
-        raise GenotypeError(f"{path} defines {len(found)} genotypes ({', '.join(found)}): pick one with "
-                            "--name, e.g. --name " + next(iter(found)))
-    try:
-        return validate_against_space(genotype)
-    except GenotypeError as err:
-        raise GenotypeError(f"{path}: {err}") from None
-
-
-# --------------------------------------------------------------------------------------------------
-# graphs
-
-
-def _is_op_edge(data: dict) -> bool:
-    return "op" in data and data["op"] not in JOIN_OPS
-
-
-def longest_op_path(graph: nx.MultiDiGraph, sources: list[str], sink: str) -> list[tuple[str, str, dict]]:
-    """The edges of the path from any of ``sources`` to ``sink`` with the most operations on it.
-
-    Dynamic programming over a topological order: networkx's ``dag_longest_path`` cannot restrict the
-    start to the inputs nor weigh join edges 0 on a multigraph. Ties go to the earlier-added edge.
-    """
-    best: dict[str, tuple[int, tuple[str, str, dict] | None]] = {s: (0, None) for s in sources}
-    for node in nx.topological_sort(graph):
-        if node not in best:
-            continue
-        length = best[node][0]
-        for _, v, data in graph.out_edges(node, data=True):
-            candidate = length + (1 if _is_op_edge(data) else 0)
-            if v not in best or candidate > best[v][0]:
-                best[v] = (candidate, (node, v, data))
-    if sink not in best:
-        return []
-    path = []
-    node = sink
-    while best[node][1] is not None:
-        edge = best[node][1]
-        path.append(edge)
-        node = edge[0]
-    return path[::-1]
-
-
-def genotype_graph(genotype: Genotype) -> nx.MultiDiGraph:
-    """The whole network as one graph: macro modules plus every cell instance expanded into its cells' graph.
-
-    Cell nodes are named ``<instance>/<cell node>`` (``dna_1/c_{k-1}``, ``dna_1/0``) and carry ``cell``,
-    ``instance`` and ``level="cell"``; macro nodes carry ``level="macro"``. Op edges carry ``op``; data
-    flow between modules carries ``kind="flow"``. A cell's ``c_{k-1}`` reads what feeds the instance;
-    ``c_{k-2}`` reads the previous instance's input (or the same source for the first cell, as the
-    TMICS network runs it). Spaces without a macro structure give the cells side by side, unconnected,
-    one instance each named after the cell.
-    """
-    graph = nx.MultiDiGraph()
-    if genotype.space not in MACRO_BUILDERS:
-        for name, cell in genotype.cells.items():
-            _add_instance(graph, name, name, cell)
-        return graph
-    macro = macro_graph(genotype)
-    instances = {n: d["cell"] for n, d in macro.nodes(data=True) if d.get("cell") in genotype.cells}
-    for node, data in macro.nodes(data=True):
-        if node in instances:
-            _add_instance(graph, node, instances[node], genotype.cells[instances[node]])
-        else:
-            graph.add_node(node, **data, level="macro")
-    for u, v, data in macro.edges(data=True):
-        source = f"{u}/{OUTPUT_NAME}" if u in instances else u
-        if v not in instances:
-            graph.add_edge(source, v, kind="flow", label=data.get("label", ""))
-            continue
-        graph.add_edge(source, f"{v}/{_inputs(graph, v)[-1]}", kind="flow", label=data.get("label", ""))
-    for v in instances:
-        inputs = _inputs(graph, v)
-        previous = [u for u in macro.predecessors(v) if instances.get(u) == instances[v]]
-        for j, older in enumerate(inputs[:-1]):  # c_{k-2} (and older) inputs
-            if previous:  # c_{k-2} of this cell = c_{k-1} of the previous cell, and so on
-                graph.add_edge(f"{previous[0]}/{inputs[j + 1]}", f"{v}/{older}", kind="flow", label="")
-            else:  # the first cell of a branch reads the same features on every input
-                for source, _, data in list(graph.in_edges(f"{v}/{inputs[-1]}", data=True)):
-                    if data.get("kind") == "flow":
-                        graph.add_edge(source, f"{v}/{older}", **data)
-    return graph
-
-
-def _add_instance(graph: nx.MultiDiGraph, instance: str, cell_name: str, cell: CellGenotype) -> None:
-    sub = cell_graph(cell)
-    for node, data in sub.nodes(data=True):
-        graph.add_node(f"{instance}/{node}", **data, level="cell", cell=cell_name, instance=instance, cell_node=node)
-    for u, v, data in sub.edges(data=True):
-        graph.add_edge(f"{instance}/{u}", f"{instance}/{v}", **data)
-
-
-def _inputs(graph: nx.MultiDiGraph, instance: str) -> list[str]:
-    """The cell-input node names of an instance, oldest first."""
-    return [d["cell_node"] for _, d in graph.nodes(data=True)
-            if d.get("instance") == instance and d["kind"] == "input"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -222,7 +93,7 @@ class GenotypeReport:
         data = json.loads(json.dumps(data, default=_plain))
         if self.graph is not None:
             data["graph"] = {"nodes": self.graph.number_of_nodes(),
-                             "op_edges": sum(_is_op_edge(d) for *_, d in self.graph.edges(data=True)),
+                             "op_edges": sum(is_op_edge(d) for *_, d in self.graph.edges(data=True)),
                              "edges": self.graph.number_of_edges()}
         return data
 
@@ -248,7 +119,7 @@ def inspect_genotype(genotype: Genotype, channels: int | None = None,
     its parameters (a second or so at the paper's width). Raises :class:`GenotypeError` for a genotype
     that does not fit its space (an unknown op, a dangling input).
     """
-    validate_against_space(genotype)
+    validate_genotype(genotype)
     own_space = _own_space(genotype.space)
     notes: list[str] = []
     if channels is None:
@@ -277,18 +148,16 @@ def inspect_genotype(genotype: Genotype, channels: int | None = None,
         notes.append(f"ops not in nas-restore's registry (parameters unknown): {', '.join(foreign)}")
 
     network_depth, network_path = None, []
-    if genotype.space in MACRO_BUILDERS:
+    if own_macro_graph(genotype) is not None:
         sources = [n for n in graph.nodes if graph.in_degree(n) == 0]
         sinks = [n for n, d in graph.nodes(data=True) if d.get("kind") == "output" and d.get("level") == "macro"]
         if sinks:
             path = longest_op_path(graph, sources, sinks[0])
-            network_path = [f"{graph.nodes[v]['instance']}: {d['op']}" for _, v, d in path if _is_op_edge(d)]
+            network_path = [f"{graph.nodes[v]['instance']}: {d['op']}" for _, v, d in path if is_op_edge(d)]
             network_depth = len(network_path)
 
     total, by_module = None, {}
     if own_space and build_network:
-        from nas_restore.build import build_model
-
         model = build_model(genotype)
         total = count_parameters(model)
         by_module = {name: count_parameters(child) for name, child in model.named_children()}
@@ -304,8 +173,6 @@ def inspect_genotype(genotype: Genotype, channels: int | None = None,
 
 
 def _own_space(name: str) -> bool:
-    from search_spaces import find_space
-
     return find_space(name, missing_ok=True) is not None
 
 
@@ -314,9 +181,9 @@ def _cell_report(name: str, cell: CellGenotype, channels: int | None, instances:
     inputs = [n for n, d in graph.nodes(data=True) if d["kind"] == "input"]
     ops = [OpInstance(node=v, input=u, op=d["op"], family=op_family(d["op"]),
                       params=op_parameters(d["op"], channels) if channels is not None and d["op"] in OPS else None)
-           for v in graph.nodes for u, _, d in graph.in_edges(v, data=True) if _is_op_edge(d)]  # node by node
+           for v in graph.nodes for u, _, d in graph.in_edges(v, data=True) if is_op_edge(d)]  # node by node
     path = longest_op_path(graph, inputs, OUTPUT_NAME)
-    path_ops = [d["op"] for _, _, d in path if _is_op_edge(d)]
+    path_ops = [d["op"] for _, _, d in path if is_op_edge(d)]
     params = [op.params for op in ops]
     unused = [n for n, d in graph.nodes(data=True) if d["kind"] == "intermediate" and graph.out_degree(n) == 0]
     return CellReport(

@@ -3,28 +3,31 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
 
-from nas_restore.genotype import Genotype, load_genotype, validate_against_space
+from nas_restore.genotype import Genotype
+from nas_restore.sources import load_genotype
+from search_spaces import find_space, validate_genotype
+
+
+WEIGHTS_FORMAT = "nas-restore-weights"
+WEIGHTS_VERSION = 1
 
 
 def build_model(genotype: Genotype | str | Path) -> nn.Module:
     """The plain ``nn.Module`` of a genotype (validated against its space first); no NNI at inference."""
-    from search_spaces import find_space
-
     if not isinstance(genotype, Genotype):
         genotype = load_genotype(genotype)
     else:
-        validate_against_space(genotype)
+        validate_genotype(genotype)
     return find_space(genotype.space).make_network(genotype)
 
 
 def load_trained(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, Genotype]:
     """Rebuild a retrained model from its ``model.pt`` (or the retrain folder holding it)."""
-    from nas_restore.training import load_weights
-
     path = Path(path)
     if path.is_dir():
         path = path / "model.pt"
@@ -40,3 +43,23 @@ def load_trained(path: str | Path, map_location: str | torch.device = "cpu") -> 
     load_weights(model, path, map_location=map_location)
     model.eval()
     return model, genotype
+
+
+def save_weights(model: nn.Module, path: Path, **meta: Any) -> None:
+    """Write ``{"state_dict", "format", "version", **meta}``: plain tensors and numbers only, so it loads
+    with ``torch.load(weights_only=True)`` and without Lightning or NNI."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    torch.save({"state_dict": state, "format": WEIGHTS_FORMAT, "version": WEIGHTS_VERSION, **meta}, path)
+
+
+def load_weights(model: nn.Module, path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a ``save_weights`` file into ``model`` (strict); returns the file's metadata."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {path} does not exist")
+    blob = torch.load(path, map_location=map_location, weights_only=True)
+    if not isinstance(blob, dict) or "state_dict" not in blob:
+        raise ValueError(f"{path} is not a nas-restore weights file (no 'state_dict' key): write it with "
+                         f"nas_restore.build.save_weights or retrain")
+    model.load_state_dict(blob["state_dict"])
+    return {k: v for k, v in blob.items() if k != "state_dict"}

@@ -325,15 +325,10 @@ def _count_or_off(text: str, flag: str) -> int | None:
 
 def _genotype_argument(text: str, name: str | None = None):
     """``PATH`` or ``PATH:NAME`` (one Genotype of a DARTS text file) -> (genotype, label)."""
-    from nas_restore.analysis import load_any_genotype
+    from nas_restore.sources import load_genotype
 
-    path = Path(text)
-    if not path.exists() and ":" in text:
-        text, name = text.rsplit(":", 1)
-        path = Path(text)
-    genotype = load_any_genotype(path, name=name)
-    label = " ".join(p for p in (str(path), name or (genotype.metadata or {}).get("name"),
-                                 genotype.genotype_id()) if p)
+    genotype = load_genotype(text, name=name)
+    label = " ".join(p for p in (text, name or (genotype.metadata or {}).get("name"), genotype.genotype_id()) if p)
     return genotype, label
 
 
@@ -361,7 +356,8 @@ def cmd_render(args: argparse.Namespace) -> int:
         raise ValueError("render needs a GENOTYPE (genotype.json, run folder, DARTS text) or --diff A B")
     path = Path(args.genotype)
     out = Path(args.out) if args.out else (path if path.is_dir() else path.parent) / "render"
-    from nas_restore.render_run import is_run_folder, render_run
+    from nas_restore.render_run import render_run
+    from nas_restore.run_records import is_run_folder
 
     if is_run_folder(path):
         if args.name:

@@ -48,6 +48,7 @@ from nas_restore.report_common import (fmt_count, machine_info, machine_line, ma
                                        mean_std, read_json, record_outcome, write_json)
 from nas_restore.retraining import RetrainRunConfig, run_retrain
 from nas_restore.search import SearchConfig, run_search
+from nas_restore.seeding import seed_everything
 from nas_restore.training import RetrainConfig
 
 log = logging.getLogger(__name__)
@@ -311,19 +312,6 @@ def run_label(config: CompareConfig, space: str, strategy: str, seed: int) -> st
     return str(run_path(config, space, strategy, seed).relative_to("runs"))
 
 
-def seed_everything(seed: int) -> None:
-    """Seed every RNG before a network is built for retraining.
-
-    ``run_retrain`` builds the network before the trainer seeds itself, so without this its initial
-    weights would depend on whatever ran earlier in the process (a search consumes random numbers
-    differently per strategy), and two strategies that found the same genotype would be retrained
-    from different starting points.
-    """
-    import pytorch_lightning as pl
-
-    pl.seed_everything(seed, workers=True, verbose=False)
-
-
 def _retrain_seconds(metrics_csv: Path, fallback: float) -> float:
     """Training seconds summed over epochs (so a resumed run counts its earlier part too)."""
     try:
@@ -351,7 +339,7 @@ def run_one(config: CompareConfig, strategy: str, seed: int, run_dir: Path, test
     """Search, retrain, evaluate one (space, strategy, seed), skipping the stages already recorded."""
     from nas_restore.build import load_trained
     from nas_restore.evaluation import evaluate_folder
-    from nas_restore.genotype import load_genotype
+    from nas_restore.sources import load_genotype
     from nas_restore.profiling import count_flops, count_parameters, input_shape
     from strategies import find_strategy
 
@@ -812,5 +800,5 @@ def _resolved_device(device: str) -> str:
 
 
 __all__ = ["CompareConfig", "SearchRecipe", "HeldOutConfig", "CompareResult", "budget_settings", "search_config",
-           "check_spaces", "run_compare", "run_one", "run_path", "write_results", "result_columns", "seed_everything",
+           "check_spaces", "run_compare", "run_one", "run_path", "write_results", "result_columns",
            "RESULT_COLUMNS"]

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 
+from nas_restore.errors import UserError, did_you_mean
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config file or override that does not fit the config's fields."""
 
 
@@ -28,7 +29,7 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "config") 
     if unknown:
         parts = []
         for key in unknown:
-            close = difflib.get_close_matches(key, list(known), n=1)
+            close = did_you_mean(key, known, n=1)
             parts.append(f"{where}.{key}" + (f" (did you mean {where}.{close[0]}?)" if close else ""))
         raise ConfigError(f"unknown setting(s): {', '.join(parts)}. Known settings of {where}: "
                           f"{', '.join(sorted(known))}")

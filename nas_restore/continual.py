@@ -43,6 +43,7 @@ from nas_restore.datasets import DataConfig, synthetic_split, train_val_datasets
 from nas_restore.genotype import Genotype
 from nas_restore.losses import LossConfig, RestorationLoss
 from nas_restore.replay import POLICIES, ReplayBuffer
+from nas_restore.seeding import seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -510,12 +511,12 @@ def run_continual(genotype: Genotype, config: ContinualConfig, out_dir: str | Pa
     from nas_restore.build import build_model
     from nas_restore.device import resolve_device
     from nas_restore.report_common import read_json, write_json
-    from nas_restore.training import load_weights, save_weights
+    from nas_restore.build import load_weights, save_weights
 
     out_dir = Path(out_dir)
     genotype = prepare_genotype(genotype, config.space_config)
     device = resolve_device(config.device)
-    torch.manual_seed(config.seed)
+    seed_everything(config.seed)
     build_model(genotype)  # validates before anything is written
     out_dir.mkdir(parents=True, exist_ok=True)
     _check_run_folder(out_dir, {"genotype_id": genotype.genotype_id(), "config": config.fingerprint()})
@@ -528,7 +529,7 @@ def run_continual(genotype: Genotype, config: ContinualConfig, out_dir: str | Pa
     for scheme in config.schemes:
         use_distill, use_replay, joint = SCHEMES[scheme]
         scheme_dir = out_dir / scheme_slug(scheme)
-        torch.manual_seed(config.seed)
+        seed_everything(config.seed)
         model = build_model(genotype)           # the same initial weights for every scheme
         buffer = ReplayBuffer(config.replay.size, config.replay.policy, config.seed) if use_replay else None
         psnr_rows: list[list[float]] = []

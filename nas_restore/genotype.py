@@ -22,12 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from nas_restore.errors import UserError, did_you_mean
+
 FORMAT_NAME = "nas-restore-genotype"
 FORMAT_VERSION = 1
 CELL_KINDS = ("dag", "chain")
 
 
-class GenotypeError(ValueError):
+class GenotypeError(UserError, ValueError):
     """A genotype that cannot be read or does not fit its space; the message names the field."""
 
 
@@ -211,47 +213,37 @@ class Genotype:
 # files
 
 
-def load_genotype(path: str | Path, validate: bool = True) -> Genotype:
-    """Read a genotype JSON file (or DARTS ``Genotype(...)`` text) and validate it against its space."""
-    path = Path(path)
-    if path.is_dir() and (path / "genotype.json").exists():
-        path = path / "genotype.json"
-    if not path.exists():
-        from search_spaces.reference import find_reference, reference_names  # local: spaces import this module
+def read_genotype_file(path: str | Path, name: str | None = None) -> Genotype:
+    """A genotype from an existing file: genotype JSON, or DARTS ``Genotype(...)`` text.
 
-        reference = find_reference(str(path))
-        if reference is not None:
-            return reference
-        raise GenotypeError(f"genotype file {path} does not exist: give the genotype.json of a search run "
-                            f"(runs/NAME/genotype.json) or a built-in name ({', '.join(reference_names())})")
+    Structure only: checking the genotype against its space (and resolving run folders or built-in
+    names) is :func:`nas_restore.sources.load_genotype`'s job. A text file holding several
+    ``NAME = Genotype(...)`` (a DARTS ``genotypes.py``) needs ``name``.
+    """
+    path = Path(path)
     text = path.read_text()
     if text.lstrip().startswith("{"):
+        if name is not None:
+            raise GenotypeError(f"--name {name!r} picks one Genotype(...) of a text file; {path} is a JSON genotype")
         try:
             data = json.loads(text)
         except json.JSONDecodeError as err:
             raise GenotypeError(f"{path} is not valid JSON ({err}); fix or regenerate the file") from err
         try:
-            genotype = Genotype.from_dict(data)
+            return Genotype.from_dict(data)
         except GenotypeError as err:
             raise GenotypeError(f"{path}: {err}") from None
-    else:
-        genotype = parse_darts_genotype(text)
-    if validate:
-        try:
-            validate_against_space(genotype)
-        except GenotypeError as err:
-            raise GenotypeError(f"{path}: {err}") from None
-    return genotype
-
-
-def validate_against_space(genotype: Genotype) -> Genotype:
-    """Check ops and macro choices against the registered space, when the space is one of ours."""
-    from search_spaces import find_space  # local import: spaces import this module
-
-    spec = find_space(genotype.space, missing_ok=True)
-    if spec is None:  # a foreign genotype (e.g. published DARTS cells): structure only
-        return genotype.validate()
-    return spec.validate_genotype(genotype)
+    found = parse_darts_genotypes(text)
+    if not found:
+        return parse_darts_genotype(text)  # a bare Genotype(...) without "NAME ="
+    if name is not None:
+        if name not in found:
+            raise GenotypeError(f"{path} has no genotype named {name!r}; it defines: {', '.join(found)}")
+        return found[name]
+    if len(found) == 1:
+        return next(iter(found.values()))
+    raise GenotypeError(f"{path} defines {len(found)} genotypes ({', '.join(found)}): pick one with "
+                        "--name, e.g. --name " + next(iter(found)))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -422,9 +414,7 @@ def _require_keys(data: dict, keys: Iterable[str], where: str) -> None:
 
 
 def _suggest(word: str, choices: Iterable[str]) -> str:
-    import difflib
-
-    close = difflib.get_close_matches(word, list(choices), n=3)
+    close = did_you_mean(word, choices)
     return f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
 
 

@@ -31,15 +31,14 @@ from typing import Any, Sequence
 
 import torch
 
+from nas_restore.seeding import seed_everything
+from nas_restore.run_records import (ANYTIME, JOB_FILE, PARETO, PARETO_COLUMNS, TRIALS, TRIALS_DIR,
+                                     write_trial_anytime, write_trials)
+
 log = logging.getLogger(__name__)
 
 COST_OBJECTIVES = ("params", "flops", "latency")
 COST_COLUMNS = {"params": "params", "flops": "flops", "latency": "latency_s"}
-TRIAL_COLUMNS = ("trial", "status", "genotype_id", "val_psnr", "val_ssim", "params", "flops", "latency_s",
-                 "seconds", "start_s", "end_s", "nni_trial", "arch", "error")
-PARETO_COLUMNS = ("trial", "genotype_id", "val_psnr", "objective", "cost", "arch")
-JOB_FILE = "multitrial_job.pkl"
-TRIALS_DIR = "trials"
 
 
 def cost_objective(objectives: Sequence[str]) -> str | None:
@@ -108,7 +107,8 @@ def _load_job(path: str, relative: str | None = None) -> TrialJob:
 
 def run_trial(model: Any, job_path: str, job_relpath: str | None = None) -> None:
     """NNI's evaluator function: train and score the network of one sampled architecture."""
-    from nas_restore.nni_layer import decode_choices, nni_trial_id, report_final_metric
+    from nas_restore.nni_layer import decode_choices
+    from nas_restore.nni_layer.runner import nni_trial_id, report_final_metric
     from search_spaces import find_space
 
     job = _load_job(job_path, job_relpath)
@@ -161,7 +161,7 @@ def train_and_score(network: torch.nn.Module, job: TrialJob) -> dict[str, float]
     with _quiet_lightning(), warnings.catch_warnings():
         # fit without a validation loop, then validate once: Lightning warns about the first
         warnings.filterwarnings("ignore", message=r".*validation_step.*but have no.*val_dataloader.*")
-        pl.seed_everything(config.seed, workers=True, verbose=False)  # every trial sees the same data order
+        seed_everything(config.seed)  # every trial sees the same data order
         train_loader = DataLoader(job.train_data, batch_size=config.batch_size, shuffle=True, drop_last=True,
                                   num_workers=config.num_workers,
                                   generator=torch.Generator().manual_seed(config.seed))
@@ -226,7 +226,8 @@ def run_multitrial(ctx: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     The chosen trial is the best validation PSNR; with a cost objective that is the best-PSNR point of
     the Pareto front (the cheaper one on a PSNR tie), and the whole front goes to ``pareto.csv``.
     """
-    from nas_restore.nni_layer import ChoiceSpace, run_multitrial_experiment, space_choices
+    from nas_restore.nni_layer import ChoiceSpace, space_choices
+    from nas_restore.nni_layer.runner import run_multitrial_experiment
 
     config, run_dir = ctx.config, Path(ctx.run_dir)
     cost = cost_objective(config.objectives)
@@ -237,7 +238,7 @@ def run_multitrial(ctx: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         raise ValueError(f"space {config.space!r} has no choices to search with these settings")
     trials_dir = run_dir / TRIALS_DIR
     trials_dir.mkdir(parents=True, exist_ok=True)
-    for old in [*trials_dir.glob("*.json"), run_dir / "pareto.csv"]:  # a re-run in the same folder starts afresh
+    for old in [*trials_dir.glob("*.json"), run_dir / PARETO]:  # a re-run in the same folder starts afresh
         old.unlink(missing_ok=True)
     now_wall = time.time()
     started_wall = now_wall - (time.perf_counter() - ctx.started)
@@ -285,8 +286,8 @@ def run_multitrial(ctx: Any) -> tuple[dict[str, Any], dict[str, Any]]:
             log.warning("no trial wrote its row into %s (remote trials without a shared run folder?): the tables "
                         "hold what NNI recorded (architecture, PSNR, status) only", trials_dir)
             rows = rows_from_nni(records, multiples)
-        write_trials(rows, run_dir / "trials.csv")
-        write_anytime_rows(rows, config.trial_epochs, run_dir / "anytime.csv")
+        write_trials(rows, run_dir / TRIALS)
+        write_trial_anytime(rows, config.trial_epochs, run_dir / ANYTIME)
         job_path.unlink(missing_ok=True)
         _JOBS.pop(arguments["job_path"], None)
     arch, metadata = _choose(rows, cost, config, engine, run_dir)
@@ -312,7 +313,7 @@ def _choose(rows: list[dict[str, Any]], cost: str | None, config: Any, engine: s
     else:
         column = COST_COLUMNS[cost]
         front = [done[i] for i in pareto_front([(r["val_psnr"], r.get(column, math.nan)) for r in done])]
-        write_pareto(front, cost, run_dir / "pareto.csv")
+        write_pareto(front, cost, run_dir / PARETO)
         candidates = front or done
         best = max(candidates, key=lambda r: (r["val_psnr"], -_num(r.get(column)), -r["trial"]))
         metadata["pareto"] = [{"trial": r["trial"], "genotype_id": r["genotype_id"], "val_psnr": r["val_psnr"],
@@ -364,29 +365,6 @@ def rows_from_nni(records: list[dict[str, Any]], multiples: dict[str, dict[str, 
                      "start_s": math.nan, "end_s": math.nan, "nni_trial": "",
                      "error": "" if ok else f"NNI status {record['status']} (see the NNI trial logs)"})
     return rows
-
-
-def write_trials(rows: list[dict[str, Any]], path: Path) -> None:
-    with path.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(TRIAL_COLUMNS), extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({**row, "arch": json.dumps(row["arch"], sort_keys=True)})
-
-
-def write_anytime_rows(rows: list[dict[str, Any]], trial_epochs: int, path: Path) -> None:
-    """anytime.csv: after each trained (or failed) trial, cost so far and the best PSNR found so far."""
-    from nas_restore.search import write_anytime
-
-    anytime, trained = [], 0
-    for row in rows:
-        if row["status"] == "skipped":
-            continue
-        trained += 1
-        anytime.append({"cost_seconds": row["end_s"], "cost_epochs": trained * trial_epochs,
-                        "val_psnr": row["val_psnr"] if row["status"] == "ok" else math.nan,
-                        "source": f"trial {row['trial']}" + ("" if row["status"] == "ok" else " (failed)")})
-    write_anytime(anytime, path)
 
 
 def write_pareto(front: list[dict[str, Any]], cost: str, path: Path) -> None:

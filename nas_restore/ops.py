@@ -23,7 +23,6 @@ makes the module; ``op_names()`` lists them (``nas-restore ops`` prints them wit
 
 from __future__ import annotations
 
-import difflib
 import functools
 import re
 from dataclasses import dataclass
@@ -31,6 +30,9 @@ from typing import Callable, Iterable
 
 import torch
 from torch import nn
+
+from nas_restore.errors import UnknownNameError
+from nas_restore.registry import Registry
 
 FAMILIES = ("residual", "dense", "dilated", "attention", "separable", "skip", "none", "pool", "conv")
 
@@ -48,24 +50,15 @@ class OpSpec:
         return self.factory(channels)
 
 
-OPS: dict[str, OpSpec] = {}
+OPS: Registry[OpSpec] = Registry("operation", listing="nas-restore ops")
 
 
-class UnknownOperationError(KeyError):
+class UnknownOperationError(UnknownNameError):
     """An operation name that is not in the registry; the message suggests close names."""
 
     def __init__(self, name: str, known: Iterable[str]):
-        known = sorted(known)
-        close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
-        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        self.name = name
-        self.suggestions = close
-        self.message = (f"unknown operation {name!r}.{hint} The registered operations are listed by "
-                        f"`nas-restore ops` or nas_restore.ops.op_names() ({len(known)} in all).")
-        super().__init__(self.message)
-
-    def __str__(self) -> str:  # KeyError would print the repr of the message
-        return self.message
+        super().__init__("operation", name, known, listing="nas-restore ops",
+                         extra=" (or nas_restore.ops.op_names())")
 
 
 def register_op(name: str, family: str, description: str,
@@ -75,10 +68,7 @@ def register_op(name: str, family: str, description: str,
         raise ValueError(f"op {name!r}: family {family!r} is not one of {', '.join(FAMILIES)}")
 
     def add(fn: Callable[[int], nn.Module]) -> Callable[[int], nn.Module]:
-        if name in OPS:
-            raise ValueError(f"operation {name!r} is already registered ({OPS[name].description}); "
-                             "pick another name")
-        OPS[name] = OpSpec(name=name, family=family, description=description, factory=fn)
+        OPS.register(name, OpSpec(name=name, family=family, description=description, factory=fn))
         return fn
 
     return add(factory) if factory is not None else add
@@ -86,10 +76,10 @@ def register_op(name: str, family: str, description: str,
 
 def get_op(name: str) -> OpSpec:
     """The :class:`OpSpec` of ``name``; :class:`UnknownOperationError` with suggestions if unknown."""
-    try:
-        return OPS[name]
-    except KeyError:
-        raise UnknownOperationError(name, OPS) from None
+    spec = OPS.find(name)
+    if spec is None:
+        raise UnknownOperationError(name, OPS.names())
+    return spec
 
 
 def build_op(name: str, channels: int) -> nn.Module:
@@ -103,12 +93,12 @@ def build_op(name: str, channels: int) -> nn.Module:
 def op_names(families: Iterable[str] | str | None = None) -> list[str]:
     """Registered names in registration order, optionally only those of the given families."""
     if families is None:
-        return list(OPS)
+        return OPS.names()
     wanted = {families} if isinstance(families, str) else set(families)
     unknown = wanted - set(FAMILIES)
     if unknown:
         raise ValueError(f"unknown op families {sorted(unknown)}; families are {', '.join(FAMILIES)}")
-    return [name for name, spec in OPS.items() if spec.family in wanted]
+    return [spec.name for spec in OPS.values() if spec.family in wanted]
 
 
 # DARTS / NASNet / AmoebaNet primitives: known here only to colour foreign genotypes by family.
@@ -124,17 +114,13 @@ _FOREIGN_FAMILIES = (
 
 def op_family(name: str) -> str:
     """Family of a registered op or a DARTS primitive (``sep_conv_3x3`` ...); "other" otherwise."""
-    if name in OPS:
-        return OPS[name].family
+    spec = OPS.find(name)
+    if spec is not None:
+        return spec.family
     for pattern, family in _FOREIGN_FAMILIES:
         if pattern.search(name):
             return family
     return "other"
-
-
-def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
-    """Number of parameters (elements) of ``module``."""
-    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -21,7 +21,8 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 
-def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """The number of parameter elements of ``model`` (the toolkit's one count; every network's are trainable)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 

@@ -27,13 +27,16 @@ from typing import Any, Callable
 import pandas as pd
 
 from nas_restore import config as cfg
-from nas_restore.compare import HeldOutConfig, seed_everything
+from nas_restore.compare import HeldOutConfig
 from nas_restore.datasets import DataConfig
 from nas_restore.genotype import Genotype
 from nas_restore.report_common import (fmt, fmt_count, machine_info, machine_line, markdown_table,
                                        read_json, record_outcome, write_json)
+from nas_restore.seeding import seed_everything
 from nas_restore.retraining import RetrainRunConfig, run_retrain
+from nas_restore.sources import load_genotype, random_count, random_genotypes, source_label, space_genotype
 from nas_restore.training import RetrainConfig
+from search_spaces.reference import reference_genotype, reference_names
 
 log = logging.getLogger(__name__)
 
@@ -133,29 +136,6 @@ class Entry:
         return f"{re.sub(r'[^A-Za-z0-9_.@-]+', '_', self.label)}-{self.genotype.genotype_id()}"
 
 
-def _load_file(text: str) -> Genotype:
-    from nas_restore.analysis import load_any_genotype
-
-    path, name = Path(text), None
-    if not path.exists() and ":" in text:
-        head, name = text.rsplit(":", 1)
-        path = Path(head)
-    return load_any_genotype(path, name=name)
-
-
-def _file_label(text: str, genotype: Genotype) -> str:
-    name = (genotype.metadata or {}).get("name")
-    if name:
-        return str(name)
-    path = Path(text)
-    if path.is_dir():
-        return path.name
-    if path.name == "genotype.json":
-        parent = path.parent
-        return parent.parent.name if parent.name == "search" and parent.parent.name else parent.name
-    return path.stem
-
-
 def resize_like(genotype: Genotype, like: Genotype) -> Genotype:
     """The reference ``genotype`` rebuilt at ``like``'s size (channels, frames, cells, rain kernels).
 
@@ -182,22 +162,6 @@ def resize_like(genotype: Genotype, like: Genotype) -> Genotype:
     return find_space(resized.space).validate_genotype(resized)
 
 
-def random_genotypes(like: Genotype, count: int, first_seed: int = 0) -> list[Genotype]:
-    """``count`` architectures drawn uniformly from ``like``'s space at ``like``'s space config."""
-    from nas_restore.nni_layer import random_architecture
-    from search_spaces import find_space
-
-    spec = find_space(like.space)
-    space_config = spec.config_class.from_dict(dict(like.space_config))
-    out = []
-    for seed in range(first_seed, first_seed + count):
-        space = spec.make_space(space_config)  # a fresh space per draw: NNI keeps sampled values on it
-        arch = random_architecture(space, seed=seed)
-        out.append(spec.to_genotype(arch, space_config, {"name": f"random-{seed}", "strategy": "uniform random "
-                                                         "sample (rank)", "seed": seed, "nni_arch": arch}))
-    return out
-
-
 def _frames_like(genotype: Genotype, like: Genotype) -> Genotype:
     """A baseline of another space (e.g. rescnn) taking as many input frames as ``like`` does, so that
     every row reads the same data; only spaces without architecture choices are rebuilt."""
@@ -212,56 +176,28 @@ def _frames_like(genotype: Genotype, like: Genotype) -> Genotype:
     return spec.to_genotype({}, space_config, meta)
 
 
-def space_genotype(text: str) -> Genotype:
-    """``space:NAME[:PRESET]``: the one architecture of a space without choices (a hand-designed baseline
-    such as ``rescnn``); a space with choices gives its seed-0 random draw instead."""
-    from nas_restore.nni_layer import random_architecture
-    from search_spaces import find_space
-
-    _, _, rest = text.partition(":")
-    name, _, preset = rest.partition(":")
-    spec = find_space(name)
-    preset = preset or ("cpu" if "cpu" in spec.presets else None)
-    space_config = spec.config(preset)
-    meta = {"name": name if not preset else f"{name}-{preset}", "strategy": f"space {name}, preset {preset}"}
-    try:
-        space = spec.make_space(space_config)
-    except ValueError:  # a space without architecture choices (rescnn): the architecture is the space itself
-        return spec.to_genotype({}, space_config, meta)
-    arch = random_architecture(space, seed=0)
-    return spec.to_genotype(arch, space_config, {**meta, "strategy": meta["strategy"] + ", seed-0 random draw"})
-
-
 def resolve_entries(items: list[str], config: RankConfig) -> list[Entry]:
     """Turn the command's entries into genotypes, in order (``random:N`` expands to N entries)."""
-    from search_spaces import list_spaces
-    from search_spaces.reference import reference_names
-
-    list_spaces()  # loads the built-in spaces, which add their reference names (e.g. rescnn)
     if not items:
         raise ValueError("rank needs at least one entry: a genotype file, a reference name "
                          f"({', '.join(reference_names())}), random:N or space:NAME")
     files: list[tuple[str, Genotype]] = []
     parsed: list[tuple[str, str, Any]] = []
     for item in items:
-        if item.startswith("random:"):
-            count = item.partition(":")[2]
-            if not count.isdigit() or int(count) < 1:
-                raise ValueError(f"{item!r}: write random:N with N >= 1 (e.g. random:3)")
-            parsed.append(("random", item, int(count)))
-        elif item.startswith("space:"):
+        count = random_count(item)
+        if count is not None:
+            parsed.append(("random", item, count))
+        elif item.startswith("space:") and not Path(item).exists():
             parsed.append(("space", item, space_genotype(item)))
         elif item in reference_names() and not Path(item).exists():
-            from search_spaces.reference import reference_genotype
-
             parsed.append(("reference", item, reference_genotype(item)))
         else:
-            genotype = _load_file(item)
+            genotype = load_genotype(item)
             files.append((item, genotype))
             parsed.append(("file", item, genotype))
     like: Genotype | None = None
     if config.like is not None:
-        like = _load_file(config.like)
+        like = load_genotype(config.like)
     elif files:
         like = files[0][1]
     entries: list[Entry] = []
@@ -286,7 +222,7 @@ def resolve_entries(items: list[str], config: RankConfig) -> list[Entry]:
         elif kind == "space":
             entries.append(Entry(value.metadata["name"], "space", item, value))
         else:
-            entries.append(Entry(_file_label(item, value), "file", item, value))
+            entries.append(Entry(source_label(item, value), "file", item, value))
     seen: dict[str, int] = {}
     for entry in entries:  # labels name rows and folders: keep them unique
         seen[entry.label] = seen.get(entry.label, 0) + 1
@@ -494,5 +430,4 @@ def write_rank_summary(config: RankConfig, results: pd.DataFrame, input_scores: 
     return path
 
 
-__all__ = ["RankConfig", "Entry", "check_data", "resolve_entries", "random_genotypes", "resize_like",
-           "space_genotype", "run_rank", "rank_one", "RankResult"]
+__all__ = ["RankConfig", "Entry", "check_data", "resolve_entries", "resize_like", "run_rank", "rank_one", "RankResult"]

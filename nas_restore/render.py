@@ -16,15 +16,16 @@ import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable
+from typing import TYPE_CHECKING, Iterable
 
 import graphviz
 import networkx as nx
 
+from nas_restore.graph import OUTPUT_NAME, cell_graph, macro_graph, own_macro_graph
 from nas_restore.ops import op_family
 
 if TYPE_CHECKING:
-    from nas_restore.genotype import CellGenotype, Genotype
+    from nas_restore.genotype import Genotype
     from nas_restore.analysis import GenotypeDiff
 
 logger = logging.getLogger(__name__)
@@ -46,9 +47,6 @@ JOIN_COLOR = "#9a9a9a"  # edges into c_{k} (concat / residual sum) and macro dat
 FONT = "Times-Roman"
 MPL_FORMATS = ("png", "svg", "pdf", "eps", "ps", "jpg", "jpeg", "tif", "tiff")
 PNG_DPI = 200
-
-INPUT_NAMES = {1: ["c_{k-1}"], 2: ["c_{k-2}", "c_{k-1}"]}
-OUTPUT_NAME = "c_{k}"
 
 # What c_{k} of a DAG cell is, per space: DARTS concatenates the nodes; TMICS's cells fuse the concat
 # back to C channels and add the previous cell (search_spaces/tmics.py, CellOutput).
@@ -76,150 +74,6 @@ class RenderResult:
     paths: list[Path] = field(default_factory=list)
     dot_available: bool = True
     messages: list[str] = field(default_factory=list)
-
-
-# --------------------------------------------------------------------------------------------------
-# graphs
-
-
-def input_names(n_inputs: int) -> list[str]:
-    """Names of the cell inputs, oldest first: ``c_{k-2}``, ``c_{k-1}`` (DARTS's names)."""
-    if n_inputs < 1:
-        raise ValueError(f"a cell needs at least one input, got n_inputs={n_inputs}")
-    return INPUT_NAMES.get(n_inputs) or [f"c_{{k-{n_inputs - i}}}" for i in range(n_inputs)]
-
-
-def cell_graph(cell: CellGenotype) -> nx.MultiDiGraph:
-    """The cell as a graph: one edge per operation (attribute ``op``), nodes of ``kind`` input /
-    intermediate / output.
-
-    DAG cells: edges into each intermediate node from its inputs, then ``concat`` edges from the
-    concatenated nodes to ``c_{k}``. Chain cells (TMICS): ``c_{k-1}`` -> op1 -> ... -> opN, then the
-    chain output and the residual from ``c_{k-1}`` are summed into ``c_{k}`` (ops ``sum``/``residual``).
-    """
-    graph = nx.MultiDiGraph()
-    if cell.kind == "chain":
-        ops = [edge.op for node in cell.nodes for edge in node]
-        if not ops:
-            raise ValueError("chain cell has no operations: its nodes list holds the ops in order")
-        source = "c_{k-1}"  # a chain cell reads one input, the previous cell
-        graph.add_node(source, kind="input", label=source)
-        previous = source
-        for i, op in enumerate(ops):
-            graph.add_node(str(i), kind="intermediate", label=str(i))
-            graph.add_edge(previous, str(i), op=op)
-            previous = str(i)
-        graph.add_node(OUTPUT_NAME, kind="output", label=OUTPUT_NAME)
-        graph.add_edge(previous, OUTPUT_NAME, op="sum")
-        graph.add_edge(source, OUTPUT_NAME, op="residual")
-        return graph
-    if cell.kind != "dag":
-        raise ValueError(f"cell kind {cell.kind!r} cannot be drawn: expected 'dag' or 'chain'")
-
-    names = input_names(cell.n_inputs) + [str(i) for i in range(len(cell.nodes))]
-    for name in names[:cell.n_inputs]:
-        graph.add_node(name, kind="input", label=name)
-    for i, node in enumerate(cell.nodes):
-        graph.add_node(str(i), kind="intermediate", label=str(i))
-        limit = cell.n_inputs + i
-        for edge in node:
-            if not 0 <= edge.input < limit:
-                raise ValueError(f"node {i} (number {limit}) has an edge {edge.op!r} from input {edge.input}; "
-                                 f"it can only read inputs 0..{limit - 1} (cell inputs, then earlier nodes)")
-            graph.add_edge(names[edge.input], str(i), op=edge.op)
-    graph.add_node(OUTPUT_NAME, kind="output", label=OUTPUT_NAME)
-    for number in cell.concat:
-        if not 0 <= number < len(names):
-            raise ValueError(f"concat lists node {number}, but node numbers run 0..{len(names) - 1}")
-        graph.add_edge(names[number], OUTPUT_NAME, op="concat")
-    return graph
-
-
-MacroBuilder = Callable[["Genotype"], nx.DiGraph]
-MACRO_BUILDERS: dict[str, MacroBuilder] = {}
-
-
-def register_macro(space: str) -> Callable[[MacroBuilder], MacroBuilder]:
-    """Register the function that draws the macro structure of a search space."""
-    def add(fn: MacroBuilder) -> MacroBuilder:
-        MACRO_BUILDERS[space] = fn
-        return fn
-    return add
-
-
-def macro_graph(genotype: Genotype) -> nx.DiGraph:
-    """The network around the cells, for spaces that registered a macro builder (``tmics``)."""
-    builder = MACRO_BUILDERS.get(genotype.space)
-    if builder is None and genotype.macro:
-        builder = generic_macro_graph
-    if builder is None:
-        raise ValueError(f"no macro structure is known for space {genotype.space!r} (known: "
-                         f"{', '.join(sorted(MACRO_BUILDERS))}); register one with "
-                         "nas_restore.render.register_macro")
-    return builder(genotype)
-
-
-def generic_macro_graph(genotype: Genotype) -> nx.DiGraph:
-    """Spaces without a drawing of their own (rrgnet, rdmc, rescnn): the macro choices in order."""
-    frames = (genotype.space_config or {}).get("frames")
-    graph = nx.DiGraph()
-    graph.add_node("input", kind="input", label=f"{frames} input frame(s)" if frames else "input")
-    previous = "input"
-    for i, (key, value) in enumerate(genotype.macro.items()):
-        graph.add_node(f"macro_{i}", kind="module", label=f"{key}\n{value}")
-        graph.add_edge(previous, f"macro_{i}", label="")
-        previous = f"macro_{i}"
-    graph.add_node("output", kind="output", label="output")
-    graph.add_edge(previous, "output", label="")
-    return graph
-
-
-_ALIGNMENT_LABELS = {"ofm": "OFM alignment\n(optical flow)", "tgm": "TGM alignment\n(temporal grouping)",
-                     "none": "no alignment\n(single frame)"}
-
-
-@register_macro("tmics")
-def tmics_macro_graph(genotype: Genotype) -> nx.DiGraph:
-    """TMICS: frames -> alignment (OFM/TGM) -> rain streaks -> DNA cells | CNA cells -> AAS -> output.
-
-    Nodes carry ``kind`` (input, module, cell, fusion, output) and ``label``; edges carry ``label``
-    (and ``kind="guide"`` for the rain estimate that guides DNA).
-    """
-    config = genotype.space_config or {}
-    k = int(config.get("cells_per_branch", 4))
-    if k < 1:
-        raise ValueError(f"space_config.cells_per_branch is {k}: a TMICS branch needs at least one cell")
-    frames = config.get("frames", config.get("num_frames"))
-    alignment = str(genotype.macro.get("alignment", ""))
-    fusion = genotype.fusion or {}
-    fusion_type = str(fusion.get("type", "aas"))
-    fusion_label = ("AAS\nλ·DNA + (1−λ)·CNA" if fusion_type.lower() == "aas"
-                    else f"{fusion_type} fusion")
-    if fusion.get("mode"):
-        fusion_label += f"\n({fusion['mode']} λ)"
-
-    graph = nx.DiGraph()
-    graph.add_node("frames", kind="input", label=f"{frames} input frames" if frames else "input frames")
-    graph.add_node("alignment", kind="module",
-                   label=_ALIGNMENT_LABELS.get(alignment.lower(), f"{alignment.upper()} alignment".strip()))
-    graph.add_node("rain_streak", kind="module", label="rain streaks\nM(K)")
-    for branch in ("dna", "cna"):
-        for i in range(1, k + 1):
-            graph.add_node(f"{branch}_{i}", kind="cell", label=f"{branch.upper()} {i}", cell=branch)
-    graph.add_node("aas", kind="fusion", label=fusion_label)
-    graph.add_node("output", kind="output", label="derained\ncentre frame")
-
-    graph.add_edge("frames", "alignment", label="")
-    graph.add_edge("alignment", "rain_streak", label="")
-    graph.add_edge("rain_streak", "dna_1", label="guides", kind="guide")
-    for branch in ("dna", "cna"):
-        graph.add_edge("alignment", f"{branch}_1", label="features")
-        for i in range(1, k):
-            graph.add_edge(f"{branch}_{i}", f"{branch}_{i + 1}", label="")
-    graph.add_edge(f"dna_{k}", "aas", label="λ")
-    graph.add_edge(f"cna_{k}", "aas", label="1−λ")
-    graph.add_edge("aas", "output", label="")
-    return graph
 
 
 # --------------------------------------------------------------------------------------------------
@@ -572,7 +426,7 @@ def render_genotype(genotype: Genotype, out_dir: str | Path, formats: Iterable[s
         title = f"{name} {'chain cell' if cell.kind == 'chain' else 'cell'}"
         stem = "cell_" + re.sub(r"[^A-Za-z0-9_.-]+", "_", name)  # a cell name is not trusted as a path
         figures.append((stem, graph, cell_digraph(graph, title=title), title))
-    if genotype.space in MACRO_BUILDERS or not genotype.cells:
+    if own_macro_graph(genotype) is not None or not genotype.cells:
         graph = macro_graph(genotype)
         title = f"{genotype.space} network"
         figures.append(("network", graph, macro_digraph(graph, title=title), title))

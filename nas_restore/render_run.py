@@ -26,25 +26,20 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-from nas_restore.genotype import Genotype, GenotypeError, cells_from_nni_arch, load_genotype
+from nas_restore.genotype import Genotype, GenotypeError, cells_from_nni_arch
+from nas_restore.sources import load_genotype
 from nas_restore.analysis import diff_genotypes, safe_stem
-from nas_restore.render import MPL_FORMATS, PNG_DPI, RenderResult, input_names, render_genotype
+from nas_restore.graph import input_names
+from nas_restore.run_records import ALPHAS, DERIVED, METRIC_COLUMNS, METRICS, is_run_folder, load_alphas
+from nas_restore.render import MPL_FORMATS, PNG_DPI, RenderResult, render_genotype
 
 log = logging.getLogger(__name__)
 
-ALPHA_COLUMNS = ("step", "epoch", "label", "choice", "weight")
-METRIC_COLUMNS = ("epoch", "train_loss", "val_psnr")
 _EDGE_LABEL = re.compile(r"^(?P<cell>.+)/(?P<node>\d+)_(?P<input>\d+)$")
 STYLE = {"font.family": "serif", "font.size": 9, "axes.titlesize": 9, "axes.labelsize": 9,
          "xtick.labelsize": 8, "ytick.labelsize": 8, "legend.fontsize": 8, "axes.spines.top": False,
          "axes.spines.right": False}
 CMAP = "viridis"
-
-
-def is_run_folder(path: str | Path) -> bool:
-    """A search run folder: the thing ``render`` draws the history of."""
-    path = Path(path)
-    return path.is_dir() and (path / "alphas.csv").is_file()
 
 
 @dataclass
@@ -63,22 +58,6 @@ class EpochChange:
 # reading
 
 
-def load_alphas(path: str | Path) -> pd.DataFrame:
-    """``alphas.csv`` with its columns checked; one row per (step, label, choice)."""
-    path = Path(path)
-    try:
-        frame = pd.read_csv(path)
-    except (pd.errors.EmptyDataError, pd.errors.ParserError) as err:
-        raise ValueError(f"{path} cannot be read as CSV ({err}); re-run the search to regenerate it") from None
-    missing = [c for c in ALPHA_COLUMNS if c not in frame.columns]
-    if missing:
-        raise ValueError(f"{path} lacks the column(s) {missing}; expected {', '.join(ALPHA_COLUMNS)} "
-                         "(written by `nas-restore search`)")
-    if frame.empty:
-        raise ValueError(f"{path} has no rows: the search recorded no architecture weights (did it run a step?)")
-    return frame.drop_duplicates(["step", "label", "choice"], keep="last")
-
-
 def parse_edge_label(label: str) -> tuple[str, int, int] | None:
     """``dna/3_1`` -> (``dna``, node 3, input 1); None for a macro choice such as ``alignment``."""
     m = _EDGE_LABEL.match(label)
@@ -89,7 +68,7 @@ def derived_genotypes(run_dir: str | Path, final: Genotype) -> list[tuple[int, G
     """The genotype NNI derived after each epoch (``derived.jsonl``), converted with the run's space."""
     from search_spaces import find_space
 
-    path = Path(run_dir) / "derived.jsonl"
+    path = Path(run_dir) / DERIVED
     if not path.is_file():
         return []
     spec = find_space(final.space, missing_ok=True)
@@ -404,7 +383,7 @@ def render_run(run_dir: str | Path, out_dir: str | Path | None = None, formats: 
     result = render_genotype(final, out_dir, formats=formats, use_dot=use_dot, overview=overview)
     name = run_dir.resolve().name
 
-    alphas = load_alphas(run_dir / "alphas.csv")
+    alphas = load_alphas(run_dir / ALPHAS)
     parsed = alphas["label"].map(parse_edge_label)
     edge_rows = alphas[parsed.notna()]
     cells = {}
@@ -440,7 +419,7 @@ def render_run(run_dir: str | Path, out_dir: str | Path | None = None, formats: 
     else:
         result.messages.append(f"no derived_by_epoch: {run_dir / 'derived.jsonl'} is missing or empty")
 
-    metrics_path = run_dir / "metrics.csv"
+    metrics_path = run_dir / METRICS
     if metrics_path.is_file():
         metrics = pd.read_csv(metrics_path)
         missing = [c for c in METRIC_COLUMNS if c not in metrics.columns]

@@ -12,7 +12,9 @@ from torch.utils.data import Dataset
 from nas_restore import config as cfg
 from nas_restore.build import build_model
 from nas_restore.datasets import DataConfig, train_val_datasets
-from nas_restore.genotype import Genotype, GenotypeError, load_genotype
+from nas_restore.genotype import Genotype, GenotypeError
+from nas_restore.sources import load_genotype
+from nas_restore.seeding import seed_everything
 from nas_restore.training import RetrainConfig, RetrainResult, retrain
 
 log = logging.getLogger(__name__)
@@ -33,7 +35,7 @@ def run_retrain(genotype: Genotype | str | Path, config: RetrainRunConfig, out_d
         genotype = load_genotype(genotype)
     _refuse_foreign_run(out_dir, genotype)
     # the initial weights depend on --seed only, not on whatever ran before in this process
-    torch.manual_seed(config.train.seed)
+    seed_everything(config.train.seed)
     model = build_model(genotype)
     frames = int(genotype.space_config.get("frames", 1))
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -24,6 +24,9 @@ from nas_restore import config as cfg
 from nas_restore.datasets import DataConfig, train_val_datasets
 from nas_restore.genotype import Genotype
 from nas_restore.losses import LossConfig
+from nas_restore.seeding import seed_everything
+from nas_restore.run_records import (ALPHA_COLUMNS, ALPHAS, ANYTIME, CONFIG, DERIVED, GENOTYPE, GUARD, LOG, METRICS,
+                                     write_anytime)
 from strategies.skip_guard import GuardReport, SkipGuardConfig, count_skips, early_stop_callback
 
 log = logging.getLogger(__name__)
@@ -70,26 +73,6 @@ class SearchConfig:
         SkipGuardConfig(cap=self.skip_cap, stop=self.skip_stop)  # validates both
 
 
-ANYTIME_COLUMNS = ("cost_seconds", "cost_epochs", "val_psnr", "best_val_psnr", "source")
-
-
-def write_anytime(rows: list[dict[str, Any]], path: Path) -> None:
-    """The anytime curve of a run: after each unit of work (a supernet epoch, a finished trial), its
-    cost so far (wall seconds; epoch-equivalents = passes over the train split by one network) and the
-    best validation PSNR found so far. One-shot runs score the supernet; multi-trial runs each trial."""
-    best = float("-inf")
-    with path.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(ANYTIME_COLUMNS))
-        writer.writeheader()
-        for row in rows:
-            value = float(row["val_psnr"])
-            best = max(best, value) if value == value else best  # NaN never improves the best
-            writer.writerow({"cost_seconds": round(float(row["cost_seconds"]), 3),
-                             "cost_epochs": round(float(row["cost_epochs"]), 4), "val_psnr": value,
-                             "best_val_psnr": best if best > float("-inf") else float("nan"),
-                             "source": row.get("source", "")})
-
-
 @dataclass
 class SearchResult:
     genotype: Genotype
@@ -102,11 +85,11 @@ class AlphaHistory:
     """Records the softmaxed architecture weights (and the derived genotype) as the search runs."""
 
     def __init__(self, run_dir: Path, every_n_steps: int = 5):
-        self.alphas_path = run_dir / "alphas.csv"
-        self.derived_path = run_dir / "derived.jsonl"
+        self.alphas_path = run_dir / ALPHAS
+        self.derived_path = run_dir / DERIVED
         self.every = every_n_steps
-        self.metrics_path = run_dir / "metrics.csv"
-        self.alphas_path.write_text("step,epoch,label,choice,weight\n")
+        self.metrics_path = run_dir / METRICS
+        self.alphas_path.write_text(",".join(ALPHA_COLUMNS) + "\n")
         self.derived_path.write_text("")
         self.epochs: list[dict[str, float]] = []
 
@@ -200,13 +183,12 @@ def run_search(config: SearchConfig, run_dir: str | Path) -> SearchResult:
     architecture dict plus the metadata they add to the genotype.
     """
     from nas_restore.device import resolve_device
-    from nas_restore.nni_layer import pl
     from search_spaces import find_space
     from strategies import find_strategy
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    handler = _file_log(run_dir / "search.log")
+    handler = _file_log(run_dir / LOG)
     started = time.perf_counter()
     try:
         space_spec = find_space(config.space)
@@ -216,8 +198,8 @@ def run_search(config: SearchConfig, run_dir: str | Path) -> SearchResult:
             raise ValueError(f"objectives {config.objectives} need a multi-trial strategy (evolution, random, tpe): "
                              f"{config.strategy!r} trains one supernet and scores no single network's cost; "
                              "drop --objectives or pick a multi-trial strategy")
-        cfg.save_yaml({**cfg.to_dict(config), "resolved_space": space_config.to_dict()}, run_dir / "config.yaml")
-        pl.seed_everything(config.seed, workers=True, verbose=False)
+        cfg.save_yaml({**cfg.to_dict(config), "resolved_space": space_config.to_dict()}, run_dir / CONFIG)
+        seed_everything(config.seed)
         device = resolve_device(config.device)
         train_data, val_data = train_val_datasets(config.data, space_config.frames, config.seed)
         log.info("search: space=%s strategy=%s device=%s train=%d val=%d", config.space, config.strategy,
@@ -251,7 +233,7 @@ def run_search(config: SearchConfig, run_dir: str | Path) -> SearchResult:
             "versions": _versions(),
         }
         genotype = space_spec.to_genotype(arch, space_config, metadata)
-        path = genotype.save(run_dir / "genotype.json")
+        path = genotype.save(run_dir / GENOTYPE)
         log.info("search done in %.1f s: genotype %s -> %s", seconds, genotype.genotype_id(), path)
         return SearchResult(genotype=genotype, genotype_path=path, run_dir=run_dir, seconds=seconds)
     finally:
@@ -277,7 +259,7 @@ class SearchContext:
 def _run_one_shot(ctx: SearchContext) -> tuple[dict[str, Any], dict[str, Any]]:
     """Train the supernet with a one-shot strategy; return NNI's arch dict and the run's metadata."""
     from nas_restore.device import lightning_accelerator
-    from nas_restore.nni_layer import make_lightning_evaluator, make_search_module, run_oneshot
+    from nas_restore.nni_layer.runner import make_lightning_evaluator, make_search_module, run_oneshot
 
     config, run_dir = ctx.config, ctx.run_dir
     accelerator, devices = lightning_accelerator(ctx.device)
@@ -308,7 +290,7 @@ def _run_one_shot(ctx: SearchContext) -> tuple[dict[str, Any], dict[str, Any]]:
     strategy = ctx.strategy_spec.build(config.strategy_options)
     arch = run_oneshot(space, evaluator, strategy, run_dir / "nni")
     arch, guard = _guard_skips(arch, strategy, guard_config, guard)
-    (run_dir / "guard.json").write_text(json.dumps(guard.to_dict(), indent=2))
+    (run_dir / GUARD).write_text(json.dumps(guard.to_dict(), indent=2))
     metrics = history.epochs
     elapsed = epochs_done = 0.0
     anytime = []
@@ -318,7 +300,7 @@ def _run_one_shot(ctx: SearchContext) -> tuple[dict[str, Any], dict[str, Any]]:
         anytime.append({"cost_seconds": elapsed, "cost_epochs": epochs_done, "val_psnr": row["val_psnr"],
                         "source": f"supernet epoch {int(row['epoch'])}"
                                   + ("" if row.get("fraction", 1.0) >= 1.0 else f" ({row['fraction']:.0%})")})
-    write_anytime(anytime, run_dir / "anytime.csv")
+    write_anytime(anytime, run_dir / ANYTIME)
     return arch, {"supernet_val_psnr": metrics[-1].get("val_psnr") if metrics else None,
                   "search_cost_epochs": round(sum(row.get("fraction", 1.0) for row in metrics), 4),
                   "skip_guard": guard.summary()}

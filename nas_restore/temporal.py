@@ -13,7 +13,7 @@ TMICS's released config names (``w_ST = 1``, ``alpha = 50``):
   ``V = [|C_t - W(C_{t-1})|^2 < 0.05^2 ... per pixel, mean over RGB]``. It is reported for the model's
   output, the rainy input and the clean frames themselves (the floor that flow errors leave).
 
-Flow is scikit-image's iterative Lucas-Kanade (:func:`search_spaces.tmics.classical_flow`), computed
+Flow is scikit-image's iterative Lucas-Kanade (:func:`nas_restore.flow.classical_flow`), computed
 without gradient. A training item for this loss holds the window of T frames centred on t *and* the one
 centred on t-1 (T+1 consecutive rainy frames) with the two clean centre frames: :class:`TemporalPairs`
 makes them from the synthetic clips or a :class:`~nas_restore.data.folders.VideoClipFolder`, and the
@@ -27,25 +27,18 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, Subset
 
+from nas_restore.flow import classical_flow, flow_warp
+
 TEMPORAL_ALPHA = 50.0        # Lai et al. / TMICS config
 OCCLUSION_THRESHOLD = 0.05   # per-pixel RGB-mean absolute difference of the warped clean frames
 
 
 def clean_flow(current: Tensor, previous: Tensor) -> Tensor:
     """[B, 2, H, W] backward flow with ``previous(p + flow(p)) ~ current(p)``, from [B, 3, H, W] frames."""
-    from search_spaces.tmics import classical_flow
-
     cur = current.detach().float().cpu().numpy()
     prev = previous.detach().float().cpu().numpy()
     flows = np.stack([classical_flow(c, p) for c, p in zip(cur, prev)])
     return torch.from_numpy(flows).to(device=current.device, dtype=current.dtype)
-
-
-def warp(image: Tensor, flow: Tensor) -> Tensor:
-    """Backward warp of [B, C, H, W] along [B, 2, H, W] flow (bilinear, border padding)."""
-    from search_spaces.tmics import flow_warp
-
-    return flow_warp(image, flow)
 
 
 def temporal_loss(out_prev: Tensor, out_cur: Tensor, clean_prev: Tensor, clean_cur: Tensor,
@@ -54,21 +47,21 @@ def temporal_loss(out_prev: Tensor, out_cur: Tensor, clean_prev: Tensor, clean_c
     if flow is None:
         flow = clean_flow(clean_cur, clean_prev)
     with torch.no_grad():
-        diff = (clean_cur - warp(clean_prev, flow)).pow(2).sum(dim=1, keepdim=True)
+        diff = (clean_cur - flow_warp(clean_prev, flow)).pow(2).sum(dim=1, keepdim=True)
         mask = torch.exp(-alpha * diff)
-    return (mask * (out_cur - warp(out_prev, flow)).abs()).mean()
+    return (mask * (out_cur - flow_warp(out_prev, flow)).abs()).mean()
 
 
 def warping_errors(prev: dict[str, Tensor], cur: dict[str, Tensor]) -> dict[str, float]:
     """Warping error of each named [1, 3, H, W] frame pair, flow and mask from ``"clean"`` (required)."""
     flow = clean_flow(cur["clean"], prev["clean"])
     with torch.no_grad():
-        diff = (cur["clean"] - warp(prev["clean"], flow)).abs().mean(dim=1, keepdim=True)
+        diff = (cur["clean"] - flow_warp(prev["clean"], flow)).abs().mean(dim=1, keepdim=True)
         visible = (diff < OCCLUSION_THRESHOLD).to(diff.dtype)
         denom = float(visible.sum())
         out = {}
         for name in cur:
-            err = (cur[name] - warp(prev[name], flow)).pow(2).mean(dim=1, keepdim=True)
+            err = (cur[name] - flow_warp(prev[name], flow)).pow(2).mean(dim=1, keepdim=True)
             out[name] = float((visible * err).sum()) / denom if denom else float("nan")
     return out
 
@@ -157,4 +150,4 @@ class TemporalPairs(Dataset):
         return stack(rainy), stack(clean)
 
 
-__all__ = ["TemporalPairs", "clean_flow", "temporal_loss", "warp", "warping_errors", "TEMPORAL_ALPHA"]
+__all__ = ["TemporalPairs", "clean_flow", "temporal_loss", "warping_errors", "TEMPORAL_ALPHA"]

@@ -26,15 +26,15 @@ from pytorch_lightning.loggers import CSVLogger
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from nas_restore.build import save_weights
 from nas_restore.device import lightning_accelerator, resolve_device
 from nas_restore.losses import LossConfig, RestorationLoss, ssim_torch
 from nas_restore.metrics import psnr_torch
+from nas_restore.seeding import seed_everything
 
 log = logging.getLogger(__name__)
 
 METRICS_COLUMNS = ("epoch", "train_loss", "val_loss", "val_psnr", "val_ssim", "lr", "seconds")
-WEIGHTS_FORMAT = "nas-restore-weights"
-WEIGHTS_VERSION = 1
 MAX_PSNR = 100.0  # PSNR of an exact reconstruction is infinite; cap it so that means stay finite.
 
 
@@ -409,26 +409,6 @@ def _write_metrics(rows: list[dict[str, float]], path: Path) -> None:
             writer.writerow({**row, "epoch": int(row["epoch"])})
 
 
-def save_weights(model: nn.Module, path: Path, **meta: Any) -> None:
-    """Write ``{"state_dict", "format", "version", **meta}``: plain tensors and numbers only, so it loads
-    with ``torch.load(weights_only=True)`` and without Lightning or NNI."""
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    torch.save({"state_dict": state, "format": WEIGHTS_FORMAT, "version": WEIGHTS_VERSION, **meta}, path)
-
-
-def load_weights(model: nn.Module, path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a ``save_weights`` file into ``model`` (strict); returns the file's metadata."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file {path} does not exist")
-    blob = torch.load(path, map_location=map_location, weights_only=True)
-    if not isinstance(blob, dict) or "state_dict" not in blob:
-        raise ValueError(f"{path} is not a nas-restore weights file (no 'state_dict' key): write it with "
-                         f"nas_restore.training.save_weights or retrain")
-    model.load_state_dict(blob["state_dict"])
-    return {k: v for k, v in blob.items() if k != "state_dict"}
-
-
 def retrain(model: nn.Module, train_data: Dataset, val_data: Dataset, config: RetrainConfig,
             out_dir: Path) -> RetrainResult:
     """Train ``model`` from its current weights on ``train_data``, keep the best epoch by ``val_psnr``.
@@ -450,7 +430,7 @@ def retrain(model: nn.Module, train_data: Dataset, val_data: Dataset, config: Re
 
     start = time.perf_counter()
     with _quiet_lightning():
-        pl.seed_everything(config.seed, workers=True, verbose=False)
+        seed_everything(config.seed)
         pin = device.type == "cuda"
         loader_kwargs = dict(batch_size=config.batch_size, num_workers=config.num_workers, pin_memory=pin,
                              persistent_workers=config.num_workers > 0)

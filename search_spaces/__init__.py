@@ -13,19 +13,29 @@ may still hold NNI classes; its weights are plain torch.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import importlib.util
 import inspect
+import os
 import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from nas_restore.genotype import Genotype, GenotypeError
+from nas_restore.config import ConfigError
+from nas_restore.errors import UserError, did_you_mean
+from nas_restore.genotype import Genotype, GenotypeError, cells_from_nni_arch, cells_to_nni_arch
+from nas_restore.registry import Registry
 
-_SPACES: dict[str, "SpaceSpec"] = {}
+
+
+def _load_builtin() -> None:
+    # always (imports are cached): importing one space module directly must not hide the others
+    from search_spaces import baselines, rdmc, rrgnet, tmics  # noqa: F401  (register themselves)
+
+
+SPACES: Registry["SpaceSpec"] = Registry("search space", listing="nas-restore spaces", load=_load_builtin)
 _USER_SPACES: dict[tuple[str, str, float], "SpaceSpec"] = {}
 
 
@@ -40,6 +50,7 @@ class SpaceSpec:
     validate_genotype: Callable[[Genotype], Genotype]
     presets: dict[str, dict[str, Any]] = field(default_factory=dict)
     to_nni_arch: Callable[[Genotype], dict[str, Any]] | None = None  # genotype -> NNI architecture dict
+    macro_graph: Callable[[Genotype], Any] | None = None  # genotype -> networkx drawing of its macro network
 
     def config(self, preset: str | None = None, **overrides: Any) -> Any:
         """The space's config: its defaults, then a named preset, then explicit overrides."""
@@ -52,41 +63,41 @@ class SpaceSpec:
         return self.config_class.from_dict(values)
 
 
-class SpaceLoadError(ValueError):
+class SpaceLoadError(UserError, ValueError):
     """A user's space file that cannot be used; the message names the file, the class and the fix."""
 
 
 def register_space(spec: SpaceSpec) -> SpaceSpec:
-    _SPACES[spec.name] = spec
-    return spec
+    return SPACES.register(spec.name, spec, replace=True)  # replace: a space module may be reloaded
 
 
 def find_space(name: str, missing_ok: bool = False) -> SpaceSpec | None:
     """A registered space by name (``tmics``), or a user's ``path/to/file.py:ClassName``."""
-    _load_builtin()
-    if name in _SPACES:
-        return _SPACES[name]
+    spec = SPACES.find(name)
+    if spec is not None:
+        return spec
     if is_space_path(name):
         if missing_ok and not Path(name.rpartition(":")[0]).expanduser().is_file():
             return None
         return user_space(name)
     if missing_ok:
         return None
-    close = difflib.get_close_matches(name, list(_SPACES), n=3)
-    hint = f" Did you mean {', '.join(close)}?" if close else ""
-    raise KeyError(f"unknown search space {name!r}; known spaces: {', '.join(sorted(_SPACES))}.{hint} "
-                   "(list them with `nas-restore spaces`, or give your own as path/to/file.py:ClassName)")
+    return SPACES.lookup(name, extra=" (or give your own as path/to/file.py:ClassName)")
 
 
 def list_spaces() -> list[SpaceSpec]:
-    _load_builtin()
-    return [_SPACES[n] for n in sorted(_SPACES)]
+    return [SPACES[n] for n in sorted(SPACES.names())]
 
 
-def _load_builtin() -> None:
-    # always (imports are cached): importing one space module directly must not hide the others
-    from search_spaces import tmics  # noqa: F401  (registers itself)
-    from search_spaces import baselines, rdmc, rrgnet  # noqa: F401  (register themselves)
+def validate_genotype(genotype: Genotype) -> Genotype:
+    """Check a genotype's ops and macro choices against its space, when the space is one of ours.
+
+    A foreign genotype (e.g. published DARTS cells) is checked for structure only.
+    """
+    spec = find_space(genotype.space, missing_ok=True)
+    if spec is None:
+        return genotype.validate()
+    return spec.validate_genotype(genotype)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -114,7 +125,7 @@ class _UserConfigFactory:
     """``from_dict`` for a user space: checks the keys against the constructor's parameters."""
 
     def __init__(self, space_class: type, where: str):
-        from nas_restore.nni_layer import space_init_signature
+        from nas_restore.nni_layer.space import space_init_signature  # NNI is heavy: only for user spaces
 
         self.where = where
         self.parameters = {n: p for n, p in space_init_signature(space_class).parameters.items() if n != "self"}
@@ -122,15 +133,13 @@ class _UserConfigFactory:
         self.class_frames = getattr(space_class, "frames", None)
 
     def from_dict(self, values: dict[str, Any]) -> UserSpaceConfig:
-        from nas_restore.config import ConfigError
-
         known = [n for n, p in self.parameters.items()
                  if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
         unknown = [k for k in values if k not in known]
         if unknown and not self.takes_any:
             parts = []
             for key in unknown:
-                close = difflib.get_close_matches(key, known, n=1)
+                close = did_you_mean(key, known, n=1)
                 parts.append(f"space.{key}" + (f" (did you mean space.{close[0]}?)" if close else ""))
             raise ConfigError(f"unknown setting(s) {', '.join(parts)} for {self.where}; its constructor takes "
                               f"{', '.join(known) or 'no arguments'}")
@@ -151,8 +160,6 @@ class _UserConfigFactory:
         if frames is None:
             frames = self.class_frames if isinstance(self.class_frames, int) else 1
         if not isinstance(frames, int) or frames < 1 or frames % 2 == 0:
-            from nas_restore.config import ConfigError
-
             raise ConfigError(f"{self.where}: frames must be an odd integer >= 1 (a window centred on t), "
                               f"got {frames!r}")
         return frames
@@ -160,8 +167,10 @@ class _UserConfigFactory:
 
 def user_space(spec: str) -> SpaceSpec:
     """Wrap the NNI ``ModelSpace`` class ``path/to/file.py:ClassName`` in a :class:`SpaceSpec`."""
+    from nas_restore.nni_layer.space import check_architecture, frozen_model  # NNI is heavy: only here
+
     space_class, name = load_space_class(spec)
-    path = Path(name.rpartition(":")[0])
+    path = Path(name.rpartition(":")[0]).resolve()
     key = (str(path), space_class.__name__, path.stat().st_mtime)
     if key in _USER_SPACES:
         return _USER_SPACES[key]
@@ -180,13 +189,9 @@ def user_space(spec: str) -> SpaceSpec:
         return validate_genotype(genotype)
 
     def to_nni_arch(genotype: Genotype) -> dict[str, Any]:
-        from nas_restore.genotype import cells_to_nni_arch
-
         return {**cells_to_nni_arch(genotype.cells), **genotype.macro}
 
     def validate_genotype(genotype: Genotype) -> Genotype:
-        from nas_restore.nni_layer import check_architecture
-
         genotype.validate()
         config = config_factory.from_dict(genotype.space_config)
         problem = check_architecture(space_class(**config.settings), to_nni_arch(genotype))
@@ -195,8 +200,6 @@ def user_space(spec: str) -> SpaceSpec:
         return genotype
 
     def make_network(genotype: Genotype) -> Any:
-        from nas_restore.nni_layer import frozen_model
-
         config = config_factory.from_dict(genotype.space_config)
         return frozen_model(space_class, to_nni_arch(genotype), config.settings)
 
@@ -209,8 +212,13 @@ def user_space(spec: str) -> SpaceSpec:
 
 
 def load_space_class(spec: str) -> tuple[type, str]:
-    """Import ``path/to/file.py:ClassName``; returns the class and the canonical name (absolute path)."""
-    from nas_restore.nni_layer import is_model_space_class
+    """Import ``path/to/file.py:ClassName``; returns the class and its portable name.
+
+    The name (what a genotype stores as its ``space``) gives the file relative to the working directory,
+    so that a genotype names no folder of its author's machine; run later commands from the same folder
+    (or give the space file's path again).
+    """
+    from nas_restore.nni_layer.space import is_model_space_class  # NNI is heavy: only for user spaces
 
     file_part, sep, class_name = spec.rpartition(":")
     if not sep:
@@ -227,7 +235,7 @@ def load_space_class(spec: str) -> tuple[type, str]:
         raise SpaceLoadError(f"{spec!r} names no class: write {file_part}:ClassName"
                              + (f" (its model spaces: {', '.join(spaces)})" if spaces else ""))
     if not hasattr(module, class_name):
-        close = difflib.get_close_matches(class_name, spaces or list(vars(module)), n=2)
+        close = did_you_mean(class_name, spaces or list(vars(module)), n=2)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise SpaceLoadError(f"{path} has no class {class_name!r}.{hint} Model spaces defined there: "
                              f"{', '.join(spaces) or 'none'}")
@@ -237,7 +245,7 @@ def load_space_class(spec: str) -> tuple[type, str]:
         raise SpaceLoadError(f"{path}:{class_name} is a {kind}, not an NNI model space: derive it from "
                              "nas_restore.nni_layer.ModelSpace (nni.nas.nn.pytorch.ModelSpace) and put its choices "
                              "on LayerChoice / InputChoice / Cell")
-    return space_class, f"{path}:{class_name}"
+    return space_class, f"{Path(os.path.relpath(path)).as_posix()}:{class_name}"
 
 
 def _import_file(path: Path) -> Any:
@@ -261,8 +269,6 @@ _CELL_KEY = re.compile(r"^(?P<cell>.+)/(?:op|input)_(?P<node>\d+)_\d+$")
 
 def generic_cells(arch: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """NNI ``Cell`` keys -> cells (each with its own number of inputs), everything else -> macro."""
-    from nas_restore.genotype import cells_from_nni_arch
-
     by_cell: dict[str, dict[str, Any]] = {}
     macro: dict[str, Any] = {}
     for key, value in arch.items():
@@ -281,5 +287,6 @@ def generic_cells(arch: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]
     return cells, macro
 
 
-__all__ = ["SpaceSpec", "SpaceLoadError", "UserSpaceConfig", "register_space", "find_space", "list_spaces",
+__all__ = ["SPACES", "SpaceSpec", "SpaceLoadError", "UserSpaceConfig", "register_space", "find_space", "list_spaces",
+           "validate_genotype",
            "user_space", "load_space_class", "generic_cells", "GenotypeError"]

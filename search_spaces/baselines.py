@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from nas_restore.genotype import Genotype, GenotypeError
-from search_spaces import SpaceSpec, register_space
+from search_spaces import SpaceSpec, find_space, register_space
 
 BASELINE_PREFIX = "baseline (no search): "
 
@@ -92,8 +92,6 @@ def _macro(config: ResCNNConfig) -> dict[str, str]:
 
 def baseline_genotype(preset: str | None = "demo", **overrides: Any) -> Genotype:
     """The rescnn genotype for a preset and overrides (``baseline_genotype(channels=32)``)."""
-    from search_spaces import find_space
-
     config = find_space("rescnn").config(preset, **overrides)
     genotype = Genotype(space="rescnn", cells={}, macro=_macro(config), space_config=config.to_dict(),
                         metadata={"name": "rescnn", "strategy": "hand-designed baseline (no search)",

@@ -53,15 +53,16 @@ from __future__ import annotations
 from typing import Callable
 
 from nas_restore.genotype import Genotype
+from nas_restore.registry import Registry
+from search_spaces import find_space
+from search_spaces.baselines import baseline_genotype
+from search_spaces.tmics import PRESETS, chain_cell
 
 HEAVY_OPS = ("Residualblocks_5_1", "SPAattention_3", "ECAattention_3", "Residualblocks_3_1")
 LIGHT_OPS = ("Residualblocks_5_1", "SPAattention_3", "DilConv_3_2", "ECAattention_3")
 
 
 def _tmics_reference(name: str, alignment: str, ops: tuple[str, ...], flow: str, source: str) -> Genotype:
-    from search_spaces import find_space
-    from search_spaces.tmics import PRESETS, chain_cell
-
     spec = find_space("tmics")
     config = spec.config("paper", cell="chain", flow=flow, nodes_per_cell=len(ops))
     genotype = Genotype(
@@ -77,43 +78,29 @@ def _tmics_reference(name: str, alignment: str, ops: tuple[str, ...], flow: str,
     return spec.validate_genotype(genotype)
 
 
-REFERENCE_GENOTYPES: dict[str, Callable[[], Genotype]] = {
-    "tmics-heavy": lambda: _tmics_reference("tmics-heavy", "tgm", HEAVY_OPS, "learned",
-                                            "TMICS code, multi_evaluate_dual_heavy.py / TMICS_Heavy.py"),
-    "tmics-light": lambda: _tmics_reference("tmics-light", "ofm", LIGHT_OPS, "classical",
-                                            "TMICS code, multi_evaluate_dual_light.py / TMICS_Light.py"),
-    # the hand-designed residual CNN baseline, at about the demo genotype's parameter count
-    "rescnn": lambda: _baseline("demo"),
-}
-
-
-def _baseline(preset: str) -> Genotype:
-    from search_spaces.baselines import baseline_genotype
-
-    return baseline_genotype(preset)
+# name -> a factory of a fresh copy (genotypes are mutable)
+REFERENCES: Registry[Callable[[], Genotype]] = Registry("reference genotype")
+REFERENCES.register("tmics-heavy", lambda: _tmics_reference(
+    "tmics-heavy", "tgm", HEAVY_OPS, "learned", "TMICS code, multi_evaluate_dual_heavy.py / TMICS_Heavy.py"))
+REFERENCES.register("tmics-light", lambda: _tmics_reference(
+    "tmics-light", "ofm", LIGHT_OPS, "classical", "TMICS code, multi_evaluate_dual_light.py / TMICS_Light.py"))
+# the hand-designed residual CNN baseline, at about the demo genotype's parameter count
+REFERENCES.register("rescnn", lambda: baseline_genotype("demo"))
 
 
 def reference_names() -> list[str]:
-    return sorted(REFERENCE_GENOTYPES)
+    return sorted(REFERENCES.names())
 
 
 def find_reference(name: str) -> Genotype | None:
     """A fresh copy of the reference genotype ``name``, or None if there is none of that name."""
-    make = REFERENCE_GENOTYPES.get(name)
+    make = REFERENCES.find(name)
     return make() if make is not None else None
 
 
 def reference_genotype(name: str) -> Genotype:
-    """The reference genotype ``name``; a KeyError naming the known ones otherwise."""
-    genotype = find_reference(name)
-    if genotype is None:
-        import difflib
-
-        close = difflib.get_close_matches(name, reference_names(), n=2)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise KeyError(f"no reference genotype {name!r}; known: {', '.join(reference_names())}.{hint}")
-    return genotype
+    """The reference genotype ``name``; :class:`~nas_restore.errors.UnknownNameError` naming the known ones."""
+    return REFERENCES.lookup(name)()
 
 
-__all__ = ["REFERENCE_GENOTYPES", "HEAVY_OPS", "LIGHT_OPS", "reference_names", "find_reference",
-           "reference_genotype"]
+__all__ = ["REFERENCES", "HEAVY_OPS", "LIGHT_OPS", "reference_names", "find_reference", "reference_genotype"]

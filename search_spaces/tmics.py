@@ -26,19 +26,18 @@ the same blocks, no NNI. The released TMICS networks are the reference genotypes
 
 from __future__ import annotations
 
-import hashlib
 import functools
 import math
 import re
-from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 import torch.nn as nn
+import networkx as nx
 import torch.nn.functional as F
 
+from nas_restore.flow import ClassicalFlow, flow_warp
 from nas_restore.genotype import CellGenotype, Edge, Genotype, GenotypeError, cells_from_nni_arch
 from nas_restore.ops import build_op, op_names
 from search_spaces import SpaceSpec, register_space
@@ -137,17 +136,6 @@ class ResidualUnit(nn.Module):
         return x + self.body(x)
 
 
-def flow_warp(image: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
-    """Backward warping: output(p) = image(p + flow(p)), bilinear, border padding."""
-    b, _, h, w = image.shape
-    ys, xs = torch.meshgrid(torch.arange(h, device=image.device, dtype=image.dtype),
-                            torch.arange(w, device=image.device, dtype=image.dtype), indexing="ij")
-    x_new = xs.unsqueeze(0) + flow[:, 0]
-    y_new = ys.unsqueeze(0) + flow[:, 1]
-    grid = torch.stack((2.0 * x_new / max(w - 1, 1) - 1.0, 2.0 * y_new / max(h - 1, 1) - 1.0), dim=-1)
-    return F.grid_sample(image, grid, mode="bilinear", padding_mode="border", align_corners=True)
-
-
 class CompactFlow(nn.Module):
     """A small learnable two-level flow estimator (centre -> neighbour), trained with the network.
 
@@ -172,103 +160,6 @@ class CompactFlow(nn.Module):
         flow = 2.0 * F.interpolate(flow, size=(h, w), mode="bilinear", align_corners=False)
         warped = flow_warp(neighbour, flow)
         return flow + self.refine(torch.cat([centre, warped, flow], 1))
-
-
-class FlowCache:
-    """A least-recently-used store of classical flows, keyed by a hash of a clip window's pixels.
-
-    Bounded in bytes, not entries (a 5-frame window's flows take 4 x 2 x H x W float32: 128 KiB at 64x64,
-    4.7 MiB at 320x480). Keyed by content, so the same window gets its flow back whatever its batch
-    or position, epoch after epoch; a randomly cropped or augmented window is a new key.
-    """
-
-    def __init__(self, max_bytes: int = 512 * 2**20):
-        self.max_bytes = max_bytes
-        self._items: OrderedDict[str, np.ndarray] = OrderedDict()
-        self.bytes = 0
-        self.hits = 0
-        self.misses = 0
-
-    def get(self, key: str) -> np.ndarray | None:
-        value = self._items.get(key)
-        if value is None:
-            self.misses += 1
-            return None
-        self._items.move_to_end(key)
-        self.hits += 1
-        return value
-
-    def put(self, key: str, value: np.ndarray) -> None:
-        if key in self._items or value.nbytes > self.max_bytes:
-            return
-        self._items[key] = value
-        self.bytes += value.nbytes
-        while self.bytes > self.max_bytes:
-            _, old = self._items.popitem(last=False)
-            self.bytes -= old.nbytes
-
-    def clear(self) -> None:
-        self._items.clear()
-        self.bytes = self.hits = self.misses = 0
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-
-CLASSICAL_FLOW_CACHE = FlowCache()
-
-
-def classical_flow(reference: np.ndarray, moving: np.ndarray, radius: int = 7, num_warp: int = 10) -> np.ndarray:
-    """Flow [2, H, W] (x, y) with ``moving(p + flow(p)) ~ reference(p)``, from two [3, H, W] RGB frames.
-
-    scikit-image's iterative Lucas-Kanade on the grey images: the backward-warping flow that
-    :func:`flow_warp` needs to bring ``moving`` onto ``reference``.
-    """
-    from skimage.color import rgb2gray
-    from skimage.registration import optical_flow_ilk
-
-    ref = rgb2gray(np.moveaxis(reference, 0, -1))
-    mov = rgb2gray(np.moveaxis(moving, 0, -1))
-    v, u = optical_flow_ilk(ref, mov, radius=radius, num_warp=num_warp)
-    return np.stack([u, v]).astype(np.float32)
-
-
-class ClassicalFlow(nn.Module):
-    """Flow from the centre frame to every neighbour by a classical method: no weights, no gradient.
-
-    The stand-in for the pretrained RAFT of TMICS's light network (no weights can be downloaded
-    here). It runs in numpy on the CPU, window by window: about 36 ms per frame pair at 64x64 and
-    1.2-1.6 s at 320x480 on this project's 2-core CPU (4 pairs per 5-frame window), plus a copy to
-    the CPU and back on a GPU. Flows are cached per window (:class:`FlowCache`), so repeated epochs
-    over the same windows pay it once.
-    """
-
-    def __init__(self, cache: FlowCache | None = None):
-        super().__init__()
-        self._own_cache = cache  # None: the shared module-level cache (not copied with the model)
-
-    @property
-    def cache(self) -> FlowCache:
-        return self._own_cache if self._own_cache is not None else CLASSICAL_FLOW_CACHE
-
-    def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        """[B, T, 3, H, W] -> flows [B, T, 2, H, W] from the centre frame to each frame (zero at the centre)."""
-        clips = frames.detach().float().cpu().numpy()
-        b, t, _, h, w = clips.shape
-        c = t // 2
-        out = np.empty((b, t, 2, h, w), dtype=np.float32)
-        for i, clip in enumerate(clips):
-            clip = np.ascontiguousarray(clip)
-            key = f"{clip.shape}:" + hashlib.blake2b(clip.tobytes(), digest_size=16).hexdigest()
-            flows = self.cache.get(key)
-            if flows is None:
-                flows = np.zeros((t, 2, h, w), dtype=np.float32)
-                for k in range(t):
-                    if k != c:
-                        flows[k] = classical_flow(clip[c], clip[k])
-                self.cache.put(key, flows)
-            out[i] = flows
-        return torch.from_numpy(out).to(device=frames.device, dtype=frames.dtype)
 
 
 class OpticalFlowAlignment(nn.Module):
@@ -642,6 +533,56 @@ def validate_genotype(genotype: Genotype) -> Genotype:
     return genotype
 
 
+# --------------------------------------------------------------------------------------------------
+# the drawing of the macro network (nas-restore render), beside the space it draws
+
+_ALIGNMENT_LABELS = {"ofm": "OFM alignment\n(optical flow)", "tgm": "TGM alignment\n(temporal grouping)",
+                     "none": "no alignment\n(single frame)"}
+
+
+def tmics_macro_graph(genotype: Genotype) -> nx.DiGraph:
+    """TMICS: frames -> alignment (OFM/TGM) -> rain streaks -> DNA cells | CNA cells -> AAS -> output.
+
+    Nodes carry ``kind`` (input, module, cell, fusion, output) and ``label``; edges carry ``label``
+    (and ``kind="guide"`` for the rain estimate that guides DNA).
+    """
+    config = genotype.space_config or {}
+    k = int(config.get("cells_per_branch", 4))
+    if k < 1:
+        raise ValueError(f"space_config.cells_per_branch is {k}: a TMICS branch needs at least one cell")
+    frames = config.get("frames", config.get("num_frames"))
+    alignment = str(genotype.macro.get("alignment", ""))
+    fusion = genotype.fusion or {}
+    fusion_type = str(fusion.get("type", "aas"))
+    fusion_label = ("AAS\nλ·DNA + (1−λ)·CNA" if fusion_type.lower() == "aas"
+                    else f"{fusion_type} fusion")
+    if fusion.get("mode"):
+        fusion_label += f"\n({fusion['mode']} λ)"
+
+    graph = nx.DiGraph()
+    graph.add_node("frames", kind="input", label=f"{frames} input frames" if frames else "input frames")
+    graph.add_node("alignment", kind="module",
+                   label=_ALIGNMENT_LABELS.get(alignment.lower(), f"{alignment.upper()} alignment".strip()))
+    graph.add_node("rain_streak", kind="module", label="rain streaks\nM(K)")
+    for branch in ("dna", "cna"):
+        for i in range(1, k + 1):
+            graph.add_node(f"{branch}_{i}", kind="cell", label=f"{branch.upper()} {i}", cell=branch)
+    graph.add_node("aas", kind="fusion", label=fusion_label)
+    graph.add_node("output", kind="output", label="derained\ncentre frame")
+
+    graph.add_edge("frames", "alignment", label="")
+    graph.add_edge("alignment", "rain_streak", label="")
+    graph.add_edge("rain_streak", "dna_1", label="guides", kind="guide")
+    for branch in ("dna", "cna"):
+        graph.add_edge("alignment", f"{branch}_1", label="features")
+        for i in range(1, k):
+            graph.add_edge(f"{branch}_{i}", f"{branch}_{i + 1}", label="")
+    graph.add_edge(f"dna_{k}", "aas", label="λ")
+    graph.add_edge(f"cna_{k}", "aas", label="1−λ")
+    graph.add_edge("aas", "output", label="")
+    return graph
+
+
 register_space(SpaceSpec(
     name="tmics",
     description="TMICS video deraining: OFM/TGM alignment, rain-streak branch, DNA+CNA searched cells, AAS fusion",
@@ -652,4 +593,5 @@ register_space(SpaceSpec(
     validate_genotype=validate_genotype,
     presets=PRESETS,
     to_nni_arch=to_nni_arch,
+    macro_graph=tmics_macro_graph,
 ))

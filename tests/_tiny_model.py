@@ -3,7 +3,7 @@ from pathlib import Path
 
 from nas_restore.build import build_model
 from nas_restore.genotype import CellGenotype, Edge, Genotype
-from nas_restore.training import save_weights
+from nas_restore.build import save_weights
 from search_spaces import find_space
 
 

@@ -7,10 +7,12 @@ import pytest
 
 import nas_restore.compare as compare_mod
 from nas_restore.cli import main
+from nas_restore.sources import load_genotype
 from nas_restore.compare import CompareConfig, HeldOutConfig, SearchRecipe, budget_settings, run_compare
 from nas_restore.datasets import DataConfig
 from nas_restore.retraining import RetrainRunConfig
-from nas_restore.search import SearchResult, run_search, write_anytime
+from nas_restore.run_records import write_anytime
+from nas_restore.search import SearchResult, run_search
 from nas_restore.training import RetrainConfig
 
 TINY_SPACE = {"channels": 6, "frames": 3, "cells_per_branch": 1, "nodes_per_cell": 2,
@@ -57,7 +59,7 @@ def multi_trial(monkeypatch):
     find_strategy("darts")  # load the built-in registry first
     if _real_random_available():
         return "random"
-    monkeypatch.setitem(strategies._STRATEGIES, "random", StrategySpec(
+    monkeypatch.setitem(strategies.STRATEGIES, "random", StrategySpec(
         name="random", family="multi-trial", description="test stand-in", make=lambda: None))
 
     def dispatch(config, run_dir):
@@ -190,7 +192,7 @@ def test_the_same_genotype_is_retrained_from_the_same_start_whatever_ran_before(
 
     find_strategy("darts")
     for name in ("fake-a", "fake-b"):
-        monkeypatch.setitem(strategies._STRATEGIES, name, StrategySpec(
+        monkeypatch.setitem(strategies.STRATEGIES, name, StrategySpec(
             name=name, family="multi-trial", description="test stand-in", make=lambda: None))
 
     def search(config, run_dir):
@@ -236,8 +238,6 @@ def test_two_spaces_are_searched_alike_and_reported_per_space(tmp_path, monkeypa
     assert results["genotype"].str.startswith(tuple(f"runs/{s}/" for s in ("tmics", "rdmc"))).all()
 
     # each space searched and retrained with its own settings; the same test frames scored for both
-    from nas_restore.genotype import load_genotype
-
     frames = {s: load_genotype(out / g).space_config.get("frames", 1)
               for s, g in zip(results["space"], results["genotype"])}
     assert frames == {"tmics": 3, "rdmc": 1}

@@ -5,7 +5,8 @@ import json
 import pytest
 
 from nas_restore.genotype import (CellGenotype, Edge, Genotype, GenotypeError, cells_from_nni_arch,
-                                  cells_to_nni_arch, load_genotype, parse_darts_genotype, parse_darts_genotypes)
+                                  cells_to_nni_arch, parse_darts_genotype, parse_darts_genotypes)
+from nas_restore.sources import load_genotype
 from search_spaces import find_space
 
 DARTS_V2 = ("DARTS_V2 = Genotype(normal=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 0), "

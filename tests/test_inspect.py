@@ -8,8 +8,10 @@ import pytest
 from nas_restore.build import build_model
 from nas_restore.cli import main
 from nas_restore.genotype import CellGenotype, Edge, GenotypeError, parse_darts_genotypes
-from nas_restore.analysis import diff_genotypes, genotype_graph, inspect_genotype, load_any_genotype
-from nas_restore.ops import count_parameters
+from nas_restore.analysis import diff_genotypes, inspect_genotype
+from nas_restore.graph import genotype_graph
+from nas_restore.sources import load_genotype
+from nas_restore.profiling import count_parameters
 from tests.test_genotype import tmics_genotype
 
 DATA = Path(__file__).parent / "data" / "darts_genotypes.txt"
@@ -126,11 +128,11 @@ def test_diff_marks_exactly_the_differing_edges():
 
 
 def test_load_picks_a_named_genotype_of_a_text_file():
-    assert load_any_genotype(DATA, name="PDARTS").metadata["name"] == "PDARTS"
+    assert load_genotype(DATA, name="PDARTS").metadata["name"] == "PDARTS"
     with pytest.raises(GenotypeError, match="pick one with --name"):
-        load_any_genotype(DATA)
+        load_genotype(DATA)
     with pytest.raises(GenotypeError, match="no genotype named 'DARTS_V9'"):
-        load_any_genotype(DATA, name="DARTS_V9")
+        load_genotype(DATA, name="DARTS_V9")
 
 
 def test_cli_inspect_json_text_and_errors(capsys, tmp_path):

@@ -99,3 +99,34 @@ def test_bad_config_and_shapes_are_clear_errors():
         LossConfig(ssim_padding="zeros")
     with pytest.raises(ValueError, match="differs from target"):
         RestorationLoss()(torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 17))
+
+
+def rainy_camera(size: int = 96) -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-image's (bundled) camera crop and a copy with vertical rain streaks, [1, 1, H, W] in [0, 1]."""
+    from skimage import data
+
+    clean = torch.from_numpy(data.camera()[100:100 + size, 150:150 + size].astype(np.float32) / 255)[None, None]
+    g = torch.Generator().manual_seed(3)
+    streaks = (torch.rand(clean.shape, generator=g) > 0.97).float()
+    streaks = F.conv2d(streaks, torch.ones(1, 1, 9, 1) / 3, padding=(4, 0)).clamp(0, 1)
+    return (clean + 0.6 * streaks).clamp(0, 1), clean
+
+
+def test_valid_map_matches_skimage_per_pixel_on_a_single_channel():
+    # An independent reference: scikit-image computes in float64 and discards a 5-pixel border, so its
+    # full map cropped by 5 is the valid map; a swapped implementation with other numbers fails here.
+    pred, target = rainy_camera()
+    mean, full = structural_similarity(pred[0, 0].numpy(), target[0, 0].numpy(), gaussian_weights=True, sigma=1.5,
+                                       use_sample_covariance=False, data_range=1.0, full=True)
+    ours = ssim_map(pred, target, padding="valid")[0, 0]
+    assert ours.shape == (86, 86)
+    np.testing.assert_allclose(ours.numpy(), full[5:-5, 5:-5], atol=1e-4, rtol=0)  # float32: 5e-5 here
+    assert ssim_torch(pred, target).item() == pytest.approx(mean, abs=1e-6)  # 1e-7 here
+
+
+@pytest.mark.parametrize("padding", ["valid", "reflect"])
+def test_identical_images_score_one_under_bfloat16_autocast(padding):
+    # Mixed-precision training must not break the SSIM term (torchmetrics 1.9's SSIM gives 0.82 here).
+    _, clean = rainy_camera()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert ssim_torch(clean, clean, padding=padding).item() == pytest.approx(1.0, abs=1e-3)

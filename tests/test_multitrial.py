@@ -13,9 +13,10 @@ import pandas as pd
 import pytest
 import torch
 
-from nas_restore import multitrial
+from nas_restore import multitrial, run_records
+from nas_restore.sources import load_genotype
+from search_spaces import validate_genotype
 from nas_restore.datasets import DataConfig
-from nas_restore.genotype import load_genotype, validate_against_space
 from nas_restore.multitrial import TrialJob, cost_objective, pareto_front, run_trial
 from nas_restore.search import SearchConfig, run_search
 from strategies import find_strategy
@@ -46,7 +47,7 @@ def runs(tmp_path_factory):
 @pytest.mark.parametrize("strategy", ["evolution", "random", "tpe"])
 def test_each_strategy_runs_trials_and_returns_a_valid_genotype(runs, strategy):
     result = runs[strategy]
-    genotype = validate_against_space(load_genotype(result.genotype_path))
+    genotype = validate_genotype(load_genotype(result.genotype_path))
     assert set(genotype.cells) == {"dna", "cna"}
     assert {op for cell in genotype.cells.values() for op in cell.ops} <= set(TINY_SPACE["operations"])
     meta = genotype.metadata
@@ -74,7 +75,7 @@ def test_trials_and_anytime_tables_agree(runs, strategy):
     assert list(anytime["best_val_psnr"]) == pytest.approx(list(trials["val_psnr"].cummax()))
     # every trial trained a different network (the strategies deduplicate samples)
     assert trials["arch"].nunique() == 3
-    assert not (run_dir / multitrial.JOB_FILE).exists()
+    assert not (run_dir / run_records.JOB_FILE).exists()
 
 
 def test_multi_objective_run_keeps_the_pareto_front_and_picks_its_best_psnr(runs):
@@ -190,7 +191,7 @@ def test_input_choices_become_categoricals_and_decode_back():
 
 
 def test_training_service_settings_are_passed_to_nni(tmp_path):
-    from nas_restore.nni_layer import multitrial_config
+    from nas_restore.nni_layer.runner import multitrial_config
 
     service = {"platform": "remote", "trialGpuNumber": 1, "nniManagerIp": "10.0.0.1",
                "machineList": [{"host": "10.0.0.2", "user": "me", "sshKeyFile": "~/.ssh/id_ed25519"}]}
@@ -215,7 +216,8 @@ def test_rows_from_nni_when_trials_could_not_write_theirs():
 
 
 def test_web_portal_preload_binds_node_servers_to_localhost(tmp_path):
-    from nas_restore.nni_layer import BIND_LOCALHOST_JS, nni
+    from nas_restore.nni_layer import nni
+    from nas_restore.nni_layer.runner import BIND_LOCALHOST_JS
 
     node = Path(nni.__file__).parent.parent / "nni_node" / "node"
     if not node.exists():

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from nas_restore import ops
+from nas_restore.profiling import count_parameters
 
 C = 8
 ALL_OPS = ops.op_names()
@@ -46,7 +47,7 @@ def test_ops_with_parameters_are_not_identity():
     x = torch.randn(2, C, 16, 16)
     for name in ALL_OPS:
         module = ops.build_op(name, C)
-        if ops.count_parameters(module):
+        if count_parameters(module):
             assert not torch.allclose(module(x), x), name
 
 
@@ -105,13 +106,13 @@ def test_register_op_decorator_and_duplicates():
         with pytest.raises(ValueError, match="already registered"):
             ops.register_op(name, "conv", "again", make)
     finally:
-        ops.OPS.pop(name, None)
+        ops.OPS.unregister(name)
     with pytest.raises(ValueError, match="family"):
         ops.register_op("_bad", "fancy", "bad family")
 
 
 def test_count_parameters():
     conv = nn.Conv2d(4, 4, 3)
-    assert ops.count_parameters(conv) == 4 * 4 * 9 + 4
+    assert count_parameters(conv) == 4 * 4 * 9 + 4
     conv.bias.requires_grad_(False)
-    assert ops.count_parameters(conv, trainable_only=True) == 4 * 4 * 9
+    assert count_parameters(conv, trainable_only=True) == 4 * 4 * 9

@@ -7,9 +7,10 @@ import torch
 
 import search_spaces.reference as reference
 from nas_restore.build import build_model
-from nas_restore.genotype import Genotype, GenotypeError, load_genotype
+from nas_restore.sources import load_genotype
+from nas_restore.genotype import Genotype, GenotypeError
 from nas_restore.nni_layer import frozen_model
-from nas_restore.ops import count_parameters
+from nas_restore.profiling import count_parameters
 from search_spaces import find_space
 
 

@@ -9,6 +9,7 @@ import matplotlib.image as mpimg
 import pytest
 
 from nas_restore import render
+from nas_restore.graph import cell_graph, macro_graph
 from nas_restore.genotype import CellGenotype, Edge, Genotype, parse_darts_genotypes
 
 DATA = Path(__file__).parent / "data" / "darts_genotypes.txt"
@@ -55,7 +56,7 @@ def _counts(graph):
 
 @pytest.mark.parametrize("name,cell", sorted(EXPECTED))
 def test_published_cell_graph_counts(darts, name, cell):
-    graph = render.cell_graph(darts[name].cells[cell])
+    graph = cell_graph(darts[name].cells[cell])
     assert _counts(graph) == EXPECTED[(name, cell)]
     kinds = [d["kind"] for _, d in graph.nodes(data=True)]
     assert kinds.count("input") == 2 and kinds.count("output") == 1
@@ -63,26 +64,26 @@ def test_published_cell_graph_counts(darts, name, cell):
 
 
 def test_cell_graph_edges_match_the_genotype(darts):
-    normal = render.cell_graph(darts["DARTS_V2"].cells["normal"])
+    normal = cell_graph(darts["DARTS_V2"].cells["normal"])
     assert normal.nodes["c_{k-2}"]["kind"] == "input" and normal.nodes["2"]["kind"] == "intermediate"
     assert [d["op"] for d in normal.get_edge_data("0", "3").values()] == ["dil_conv_3x3"]
     assert [d["op"] for d in normal.get_edge_data("c_{k-2}", "3").values()] == ["skip_connect"]
     # two edges between the same pair of nodes stay two edges (hence a MultiDiGraph)
-    amoeba = render.cell_graph(darts["AmoebaNet"].cells["normal"])
+    amoeba = cell_graph(darts["AmoebaNet"].cells["normal"])
     assert sorted(d["op"] for d in amoeba.get_edge_data("c_{k-1}", "3").values()) == ["sep_conv_3x3",
                                                                                     "skip_connect"]
     assert sorted(amoeba.predecessors("c_{k}")) == ["2", "3", "4"]
 
 
 def test_chain_cell_and_single_input():
-    graph = render.cell_graph(_tmics().cells["dna"])
+    graph = cell_graph(_tmics().cells["dna"])
     assert list(graph.successors("c_{k-1}")) == ["0", "c_{k}"]
     path = ["c_{k-1}", "0", "1", "2", "3"]
     assert [graph.get_edge_data(a, b)[0]["op"] for a, b in zip(path, path[1:])] == _tmics().cells["dna"].ops
     assert graph.get_edge_data("c_{k-1}", "c_{k}")[0]["op"] == "residual"
     one = CellGenotype(nodes=[[Edge("SepConv_3", 0)], [Edge("skip_connect", 1), Edge("none", 0)]], concat=[1, 2],
                        n_inputs=1)
-    graph = render.cell_graph(one)
+    graph = cell_graph(one)
     assert [n for n, d in graph.nodes(data=True) if d["kind"] == "input"] == ["c_{k-1}"]
     assert _counts(graph) == (4, 3, 2)
 
@@ -90,19 +91,19 @@ def test_chain_cell_and_single_input():
 def test_bad_cell_input_is_a_clear_error():
     bad = CellGenotype(nodes=[[Edge("SepConv_3", 0), Edge("SepConv_3", 2)]], concat=[2])
     with pytest.raises(ValueError, match="node 0 .* input 2"):
-        render.cell_graph(bad)
+        cell_graph(bad)
 
 
 def test_tmics_macro_graph():
-    graph = render.macro_graph(_tmics("ofm", cells_per_branch=3))
+    graph = macro_graph(_tmics("ofm", cells_per_branch=3))
     expected = {"frames", "alignment", "rain_streak", "dna_1", "dna_2", "dna_3", "cna_1", "cna_2", "cna_3",
                 "aas", "output"}
     assert set(graph.nodes) == expected
     assert "OFM" in graph.nodes["alignment"]["label"]
-    assert "TGM" in render.macro_graph(_tmics("tgm")).nodes["alignment"]["label"]
-    assert "no alignment" in render.macro_graph(_tmics("none")).nodes["alignment"]["label"]
+    assert "TGM" in macro_graph(_tmics("tgm")).nodes["alignment"]["label"]
+    assert "no alignment" in macro_graph(_tmics("none")).nodes["alignment"]["label"]
     with pytest.raises(ValueError, match="cells_per_branch"):
-        render.macro_graph(_tmics(cells_per_branch=0))
+        macro_graph(_tmics(cells_per_branch=0))
     assert graph.has_edge("rain_streak", "dna_1") and graph.has_edge("dna_3", "aas")
     assert graph.has_edge("cna_3", "aas") and graph.has_edge("aas", "output")
     assert not graph.has_edge("rain_streak", "cna_1")  # the rain estimate guides DNA only
@@ -110,7 +111,7 @@ def test_tmics_macro_graph():
 
 def test_no_macro_graph_for_darts(darts):
     with pytest.raises(ValueError, match="no macro structure"):
-        render.macro_graph(darts["DARTS_V2"])
+        macro_graph(darts["DARTS_V2"])
 
 
 @needs_dot
@@ -185,7 +186,7 @@ def test_legend_says_what_the_cell_output_is_per_space(darts, tmp_path):
     render.render_genotype(darts["DARTS_V2"], tmp_path / "d", formats=(), overview=False)
     darts_gv = (tmp_path / "d" / "cell_normal.gv").read_text()
     assert "cell output: concat of its inputs" in darts_gv and "1×1 conv" not in darts_gv
-    assert "input + chain" in (render.cell_digraph(render.cell_graph(_tmics().cells["dna"]))).source
+    assert "input + chain" in (render.cell_digraph(cell_graph(_tmics().cells["dna"]))).source
     assert render.output_meaning("tmics", chain=False).startswith("concat → 1×1 conv")
 
 

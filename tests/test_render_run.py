@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from nas_restore.cli import main
+from nas_restore.sources import load_genotype
 from nas_restore.genotype import Edge, cells_to_nni_arch
 from nas_restore.render_run import derived_genotypes, epoch_changes, render_run
 from tests.test_genotype import tmics_genotype
@@ -72,8 +73,6 @@ def test_render_run_writes_heatmaps_macro_derived_and_metrics(run_folder, tmp_pa
 
 
 def test_epoch_changes_count_edges_against_the_previous_and_the_final(run_folder):
-    from nas_restore.genotype import load_genotype
-
     final = load_genotype(run_folder)
     changes = epoch_changes(derived_genotypes(run_folder, final), final)
     assert [c.changed_edges for c in changes] == [None, 1, 0]

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from nas_restore.build import build_model
+from nas_restore.sources import load_genotype
 from nas_restore.datasets import DataConfig
-from nas_restore.genotype import load_genotype
 from nas_restore.search import SearchConfig, run_search
 
 TINY_SPACE = {"channels": 6, "frames": 3, "cells_per_branch": 1, "nodes_per_cell": 2,

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from nas_restore.build import build_model
-from nas_restore.genotype import GenotypeError, load_genotype
+from nas_restore.sources import load_genotype
+from nas_restore.genotype import GenotypeError
 from search_spaces import find_space, list_spaces
 from search_spaces.baselines import ResCNN, baseline_genotype
 

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from nas_restore.build import build_model
-from nas_restore.genotype import GenotypeError, load_genotype
+from nas_restore.sources import load_genotype
+from nas_restore.genotype import GenotypeError
 from nas_restore.nni_layer import darts_supernet, frozen_model, labelled_alphas, random_architecture
 from search_spaces import find_space
 from search_spaces.rrgnet import RRGNet, make_space, to_nni_arch

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from search_spaces import find_space
-from search_spaces.tmics import (TMICSNet, TemporalGroupAlignment, flow_warp, streak_kernels,
-                                 temporal_groups)
+from nas_restore.flow import flow_warp
+from search_spaces.tmics import TMICSNet, TemporalGroupAlignment, streak_kernels, temporal_groups
 
 
 def sample_space(seed: int, **settings):
@@ -90,8 +90,8 @@ def test_config_typo_names_the_field():
 
 from nas_restore.genotype import GenotypeError  # noqa: E402
 from nas_restore.nni_layer import darts_supernet, frozen_model, labelled_alphas, random_architecture  # noqa: E402
-from search_spaces.tmics import (ClassicalFlow, CompactFlow, FlowCache, OpticalFlowAlignment,  # noqa: E402
-                                 chain_cell, to_nni_arch)
+from nas_restore.flow import ClassicalFlow, FlowCache  # noqa: E402
+from search_spaces.tmics import CompactFlow, OpticalFlowAlignment, chain_cell, to_nni_arch  # noqa: E402
 
 TINY = {"channels": 6, "frames": 3, "cells_per_branch": 2, "nodes_per_cell": 2,
         "operations": ["Residualblocks_3_1", "DilConv_3_2", "ECAattention_3", "skip_connect"]}

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from nas_restore.datasets import DataConfig
-from nas_restore.genotype import load_genotype
+from nas_restore.sources import load_genotype
 from nas_restore.search import SearchConfig, run_search
 from search_spaces import find_space
 from strategies import find_strategy, list_strategies

@@ -15,7 +15,8 @@ from nas_restore.device import CUDA_MISSING, lightning_accelerator, resolve_devi
 from nas_restore.losses import LossConfig, RestorationLoss
 from nas_restore.metrics import psnr_torch
 from nas_restore.training import (METRICS_COLUMNS, OptimConfig, RestorationModule, RestorationSteps,
-                                  RetrainConfig, load_weights, retrain)
+                                  RetrainConfig, retrain)
+from nas_restore.build import load_weights
 
 
 class TinyNet(nn.Module):

@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from nas_restore.errors import UserError
+
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
@@ -37,7 +39,7 @@ _TAG_PREFIX = re.compile(rf"^{_TAG}(?:[-_ .]+|(?=\d))", re.IGNORECASE)
 _TAG_SUFFIX = re.compile(rf"[-_ .]+{_TAG}$", re.IGNORECASE)
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A problem with the user's data; the message names the file or folder and the fix."""
 
 

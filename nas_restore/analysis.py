@@ -26,7 +26,8 @@ import networkx as nx
 
 from nas_restore.build import build_model
 from nas_restore.genotype import CellGenotype, Genotype
-from nas_restore.graph import JOIN_OPS, OUTPUT_NAME, cell_graph, genotype_graph, is_op_edge, longest_op_path, own_macro_graph
+from nas_restore.graph import (JOIN_OPS, OUTPUT_NAME, cell_graph, genotype_graph, is_op_edge, longest_op_path,
+                               own_macro_graph)
 from nas_restore.ops import OPS, build_op, op_family
 from nas_restore.profiling import count_parameters
 from search_spaces import find_space, validate_genotype

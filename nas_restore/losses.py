@@ -29,6 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from nas_restore.contrastive import FEATURES, ContrastivePrior
+from nas_restore.temporal import temporal_loss
+
 SSIM_K1 = 0.01
 SSIM_K2 = 0.03
 _PADDINGS = ("valid", "reflect")
@@ -122,8 +125,6 @@ class LossConfig:
     contrastive_weights: str | None = None
 
     def __post_init__(self) -> None:
-        from nas_restore.contrastive import FEATURES
-
         for name in ("temporal_weight", "temporal_alpha", "contrastive_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"loss.{name} must be >= 0, got {getattr(self, name)}")
@@ -152,14 +153,10 @@ class RestorationLoss(nn.Module):
         self.config = config or LossConfig()
         self.contrastive: nn.Module | None = None
         if self.config.contrastive_weight:
-            from nas_restore.contrastive import ContrastivePrior
-
             self.contrastive = ContrastivePrior(self.config.contrastive_features, self.config.contrastive_weights)
 
     def temporal(self, out_prev: Tensor, out_cur: Tensor, clean_prev: Tensor, clean_cur: Tensor) -> Tensor:
         """The unweighted short-term temporal loss (see :mod:`nas_restore.temporal`)."""
-        from nas_restore.temporal import temporal_loss
-
         return temporal_loss(out_prev, out_cur, clean_prev, clean_cur, alpha=self.config.temporal_alpha)
 
     def forward(self, pred: Tensor, target: Tensor,

@@ -30,10 +30,17 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+from torch.utils.data import DataLoader
 
+from nas_restore.device import lightning_accelerator
+from nas_restore.nni_layer import ChoiceSpace, decode_choices, space_choices
+from nas_restore.nni_layer.runner import nni_trial_id, report_final_metric, run_multitrial_experiment
+from nas_restore.profiling import count_flops, count_parameters, input_shape, measure_latency
+from nas_restore.run_records import (ANYTIME, JOB_FILE, PARETO, PARETO_COLUMNS, TRIALS, TRIALS_DIR, write_trial_anytime,
+                                     write_trials)
 from nas_restore.seeding import seed_everything
-from nas_restore.run_records import (ANYTIME, JOB_FILE, PARETO, PARETO_COLUMNS, TRIALS, TRIALS_DIR,
-                                     write_trial_anytime, write_trials)
+from nas_restore.training import OptimConfig, RestorationModule, _quiet_lightning
+from search_spaces import find_space
 
 log = logging.getLogger(__name__)
 
@@ -107,10 +114,6 @@ def _load_job(path: str, relative: str | None = None) -> TrialJob:
 
 def run_trial(model: Any, job_path: str, job_relpath: str | None = None) -> None:
     """NNI's evaluator function: train and score the network of one sampled architecture."""
-    from nas_restore.nni_layer import decode_choices
-    from nas_restore.nni_layer.runner import nni_trial_id, report_final_metric
-    from search_spaces import find_space
-
     job = _load_job(job_path, job_relpath)
     if job.threads:
         torch.set_num_threads(job.threads)
@@ -151,10 +154,6 @@ def run_trial(model: Any, job_path: str, job_relpath: str | None = None) -> None
 def train_and_score(network: torch.nn.Module, job: TrialJob) -> dict[str, float]:
     """Train ``network`` for ``trial_epochs`` with a fresh trainer; its validation PSNR and SSIM."""
     import pytorch_lightning as pl
-    from torch.utils.data import DataLoader
-
-    from nas_restore.device import lightning_accelerator
-    from nas_restore.training import OptimConfig, RestorationModule, _quiet_lightning
 
     config = job.config
     accelerator, devices = lightning_accelerator(torch.device(job.device))
@@ -180,8 +179,6 @@ def train_and_score(network: torch.nn.Module, job: TrialJob) -> dict[str, float]
 
 def measure_cost(network: torch.nn.Module, job: TrialJob) -> dict[str, float]:
     """Parameters and FLOPs (one forward pass at the training patch size) always; latency if asked."""
-    from nas_restore.profiling import count_flops, count_parameters, input_shape, measure_latency
-
     size = job.config.data.patch_size
     shape = input_shape(job.space_config.frames, size, size)
     cost: dict[str, float] = {"params": count_parameters(network)}
@@ -226,9 +223,6 @@ def run_multitrial(ctx: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     The chosen trial is the best validation PSNR; with a cost objective that is the best-PSNR point of
     the Pareto front (the cheaper one on a PSNR tie), and the whole front goes to ``pareto.csv``.
     """
-    from nas_restore.nni_layer import ChoiceSpace, space_choices
-    from nas_restore.nni_layer.runner import run_multitrial_experiment
-
     config, run_dir = ctx.config, Path(ctx.run_dir)
     cost = cost_objective(config.objectives)
     if cost == "latency" and config.parallel > 1:
@@ -353,8 +347,6 @@ def collect_trials(trials_dir: Path, started_wall: float) -> list[dict[str, Any]
 
 def rows_from_nni(records: list[dict[str, Any]], multiples: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """Trial rows from NNI's own record of the trials (no SSIM, cost or times: NNI keeps PSNR only)."""
-    from nas_restore.nni_layer import decode_choices
-
     rows = []
     for i, record in enumerate(records):
         ok = record["status"] == "trained" and record["metric"] is not None

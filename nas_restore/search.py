@@ -22,12 +22,19 @@ from torch.utils.data import DataLoader
 
 from nas_restore import config as cfg
 from nas_restore.datasets import DataConfig, train_val_datasets
+from nas_restore.device import lightning_accelerator, resolve_device
 from nas_restore.genotype import Genotype
 from nas_restore.losses import LossConfig
-from nas_restore.seeding import seed_everything
-from nas_restore.run_records import (ALPHA_COLUMNS, ALPHAS, ANYTIME, CONFIG, DERIVED, GENOTYPE, GUARD, LOG, METRICS,
+from nas_restore.metrics import psnr_torch
+from nas_restore.multitrial import run_multitrial
+from nas_restore.nni_layer import labelled_alphas
+from nas_restore.nni_layer.runner import make_lightning_evaluator, make_search_module, run_oneshot
+from nas_restore.run_records import (ALPHAS, ALPHA_COLUMNS, ANYTIME, CONFIG, DERIVED, GENOTYPE, GUARD, LOG, METRICS,
                                      write_anytime)
-from strategies.skip_guard import GuardReport, SkipGuardConfig, count_skips, early_stop_callback
+from nas_restore.seeding import seed_everything
+from search_spaces import find_space
+from strategies import find_strategy
+from strategies.skip_guard import GuardReport, SkipGuardConfig, apply_skip_cap, count_skips, early_stop_callback
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +109,6 @@ class AlphaHistory:
                  row["val_psnr"], row["seconds"])
 
     def record(self, module: Any, step: int, epoch: int) -> None:
-        from nas_restore.nni_layer import labelled_alphas
-
         with self.alphas_path.open("a", newline="") as fh:
             writer = csv.writer(fh)
             for label, alpha, names in labelled_alphas(module):
@@ -123,8 +128,6 @@ class AlphaHistory:
 
 def _history_callback(history: AlphaHistory, val_loader: DataLoader):
     import pytorch_lightning as pl
-
-    from nas_restore.metrics import psnr_torch
 
     class _Callback(pl.Callback):
         """Alphas every few steps; at each epoch end the derived genotype and the supernet's val PSNR.
@@ -182,10 +185,6 @@ def run_search(config: SearchConfig, run_dir: str | Path) -> SearchResult:
     (:func:`nas_restore.multitrial.run_multitrial`). Both write ``anytime.csv`` and return NNI's
     architecture dict plus the metadata they add to the genotype.
     """
-    from nas_restore.device import resolve_device
-    from search_spaces import find_space
-    from strategies import find_strategy
-
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     handler = _file_log(run_dir / LOG)
@@ -214,8 +213,6 @@ def run_search(config: SearchConfig, run_dir: str | Path) -> SearchResult:
         if strategy_spec.one_shot:
             arch, extra = _run_one_shot(context)
         else:
-            from nas_restore.multitrial import run_multitrial
-
             arch, extra = run_multitrial(context)
         seconds = time.perf_counter() - started
         metadata = {
@@ -258,9 +255,6 @@ class SearchContext:
 
 def _run_one_shot(ctx: SearchContext) -> tuple[dict[str, Any], dict[str, Any]]:
     """Train the supernet with a one-shot strategy; return NNI's arch dict and the run's metadata."""
-    from nas_restore.device import lightning_accelerator
-    from nas_restore.nni_layer.runner import make_lightning_evaluator, make_search_module, run_oneshot
-
     config, run_dir = ctx.config, ctx.run_dir
     accelerator, devices = lightning_accelerator(ctx.device)
     loader_args = dict(batch_size=config.batch_size, num_workers=config.num_workers, drop_last=True)
@@ -309,9 +303,6 @@ def _run_one_shot(ctx: SearchContext) -> tuple[dict[str, Any], dict[str, Any]]:
 def _guard_skips(arch: dict[str, Any], strategy: Any, config: SkipGuardConfig,
                  report: GuardReport) -> tuple[dict[str, Any], GuardReport]:
     """Cap the skip edges of the derived cells (strategies/skip_guard.py) with the final alphas."""
-    from nas_restore.nni_layer import labelled_alphas
-    from strategies.skip_guard import apply_skip_cap
-
     try:  # the trained alphas, to pick each surplus skip's replacement
         alphas = {label: (alpha, names) for label, alpha, names in labelled_alphas(strategy.oneshot_module)}
     except Exception as err:  # noqa: BLE001  (a strategy without a one-shot module: nothing to re-derive from)

@@ -27,6 +27,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, Subset
 
+from nas_restore.data.folders import DataError, VideoClipFolder, load_image
+from nas_restore.data.synthetic import SyntheticRainDataset
 from nas_restore.flow import classical_flow, flow_warp
 
 TEMPORAL_ALPHA = 50.0        # Lai et al. / TMICS config
@@ -81,9 +83,6 @@ class TemporalPairs(Dataset):
 
     def __init__(self, source: Dataset, frames: int, patch_size: int | None = None, augment: bool = True,
                  seed: int = 0):
-        from nas_restore.data.folders import DataError, VideoClipFolder
-        from nas_restore.data.synthetic import SyntheticRainDataset
-
         self.frames, self.patch_size, self.augment, self.seed = int(frames), patch_size, augment, int(seed)
         indices = None
         if isinstance(source, Subset):
@@ -119,8 +118,6 @@ class TemporalPairs(Dataset):
         return self._clip_item(i)
 
     def _clip_item(self, i: int) -> tuple[Tensor, Tensor]:
-        from nas_restore.data.folders import load_image
-
         src = self.source
         clip, t = src.index[i]
         start, n = self._starts[clip], self._lengths[clip]

@@ -29,7 +29,6 @@ from nas_restore.genotype import Genotype, GenotypeError, cells_from_nni_arch, c
 from nas_restore.registry import Registry
 
 
-
 def _load_builtin() -> None:
     # always (imports are cached): importing one space module directly must not hide the others
     from search_spaces import baselines, rdmc, rrgnet, tmics  # noqa: F401  (register themselves)

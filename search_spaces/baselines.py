@@ -19,6 +19,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from nas_restore.config import from_dict
 from nas_restore.genotype import Genotype, GenotypeError
 from search_spaces import SpaceSpec, find_space, register_space
 
@@ -33,8 +34,6 @@ class ResCNNConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ResCNNConfig":
-        from nas_restore.config import from_dict
-
         config = from_dict(cls, data, "space")
         config.validate()
         return config

@@ -43,6 +43,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from nas_restore.config import from_dict
 from nas_restore.genotype import Genotype, GenotypeError
 from search_spaces import SpaceSpec, register_space
 from search_spaces.rrgnet import pad_to_multiple
@@ -64,8 +65,6 @@ class RDMCConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RDMCConfig":
-        from nas_restore.config import from_dict
-
         config = from_dict(cls, data, "space")
         config.validate()
         return config

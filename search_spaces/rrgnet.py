@@ -39,6 +39,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from nas_restore.config import from_dict
 from nas_restore.genotype import Genotype, GenotypeError
 from nas_restore.ops import build_op, op_names
 from search_spaces import SpaceSpec, register_space
@@ -61,8 +62,6 @@ class RRGNetConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RRGNetConfig":
-        from nas_restore.config import from_dict
-
         config = from_dict(cls, data, "space")
         config.validate()
         return config

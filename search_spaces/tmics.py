@@ -32,13 +32,14 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
+import networkx as nx
 import torch
 import torch.nn as nn
-import networkx as nx
 import torch.nn.functional as F
 
+from nas_restore.config import from_dict
 from nas_restore.flow import ClassicalFlow, flow_warp
-from nas_restore.genotype import CellGenotype, Edge, Genotype, GenotypeError, cells_from_nni_arch
+from nas_restore.genotype import CellGenotype, Edge, Genotype, GenotypeError, cells_from_nni_arch, cells_to_nni_arch
 from nas_restore.ops import build_op, op_names
 from search_spaces import SpaceSpec, register_space
 
@@ -73,8 +74,6 @@ class TMICSConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TMICSConfig":
-        from nas_restore.config import from_dict
-
         config = from_dict(cls, data, "space")
         config.validate()
         return config
@@ -484,8 +483,6 @@ def chain_cell(ops: Sequence[str]) -> CellGenotype:
 
 def to_nni_arch(genotype: Genotype) -> dict[str, Any]:
     """Genotype -> NNI architecture dict (for ``model_context`` / ``ModelSpace.freeze``)."""
-    from nas_restore.genotype import cells_to_nni_arch
-
     dags = {name: cell for name, cell in genotype.cells.items() if cell.kind == "dag"}
     arch = cells_to_nni_arch(dags)
     for name, cell in genotype.cells.items():

@@ -20,7 +20,10 @@ from __future__ import annotations
 import functools
 from typing import Any, Sequence
 
+import torch
+
 from strategies import StrategySpec, register_strategy
+from strategies.second_order import module_classes
 
 
 def _as_prefixes(value: str | Sequence[str]) -> tuple[str, ...]:
@@ -37,10 +40,6 @@ def matches(name: str, prefixes: Sequence[str]) -> bool:
 
 @functools.cache
 def module_class() -> type:
-    import torch
-
-    from strategies.second_order import module_classes
-
     base = module_classes()["second_order"]
 
     class TripleLevelModule(base):
@@ -107,8 +106,6 @@ def _batch_size(batch: Any) -> int:
 
 def _optimizers_in(conf: Any) -> list[Any]:
     """Every torch optimiser inside a Lightning ``configure_optimizers`` result."""
-    import torch
-
     if isinstance(conf, torch.optim.Optimizer):
         return [conf]
     if isinstance(conf, dict):
@@ -120,8 +117,9 @@ def _optimizers_in(conf: Any) -> list[Any]:
 
 @functools.cache
 def strategy_class() -> type:
-    from nas_restore.nni_layer import nni  # noqa: F401  (our NNI import set-up first)
     from nni.nas.strategy import DARTS
+
+    from nas_restore.nni_layer import nni  # noqa: F401  (our NNI import set-up first)
 
     module = module_class()
 

@@ -56,6 +56,8 @@ import torch
 from scipy import ndimage as ndi
 from torch.utils.data import Dataset
 
+from nas_restore.metrics import psnr
+
 log = logging.getLogger(__name__)
 
 #: share of a clip's streak density that is drawn anew in every frame (the rest falls persistently)
@@ -300,8 +302,6 @@ def add_rain(clean: np.ndarray, params: RainParams | str, rng: np.random.Generat
 
 def rain_layer_stats(rainy: np.ndarray, clean: np.ndarray) -> dict[str, float]:
     """Statistics of a rain layer (mean over RGB of rainy - clean) used to calibrate the presets."""
-    from nas_restore.metrics import psnr
-
     layer = (np.asarray(rainy, np.float64) - np.asarray(clean, np.float64)).mean(axis=2)
     return {"mean": float(layer.mean()), "coverage": float((layer > 0.05).mean()),
             "p99": float(np.percentile(layer, 99)), "psnr_y": psnr(rainy, clean)}

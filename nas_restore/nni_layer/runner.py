@@ -17,16 +17,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from nas_restore.losses import LossConfig, RestorationLoss
-from nas_restore.nni_layer.setup import nni
-from nas_restore.nni_layer.space import ChoiceSpace, ModelSpace
-from nas_restore.training import OptimConfig, RestorationSteps
-from nni.nas.evaluator import FunctionalEvaluator
-from nni.nas.evaluator.pytorch import Lightning, Trainer
-from nni.nas.evaluator.pytorch import LightningModule as NNILightningModule
-from nni.nas.execution import SequentialExecutionEngine
-from nni.nas.experiment import NasExperiment
-from nni.nas.experiment.config import NasExperimentConfig, SequentialEngineConfig
+from nas_restore.nni_layer.setup import nni  # first: NNI's warning filters and log routing
+
+from nas_restore.losses import LossConfig, RestorationLoss  # noqa: E402
+from nas_restore.nni_layer.space import ChoiceSpace, ModelSpace  # noqa: E402
+from nas_restore.training import OptimConfig, RestorationSteps  # noqa: E402
+from nni.nas.evaluator import FunctionalEvaluator  # noqa: E402
+from nni.nas.evaluator.pytorch import Lightning, Trainer  # noqa: E402
+from nni.nas.evaluator.pytorch import LightningModule as NNILightningModule  # noqa: E402
+from nni.nas.execution import SequentialExecutionEngine  # noqa: E402
+from nni.nas.experiment import NasExperiment  # noqa: E402
+from nni.nas.experiment.config import NasExperimentConfig, SequentialEngineConfig  # noqa: E402
 
 
 def run_oneshot(space: ModelSpace, evaluator: Lightning, strategy: Any, work_dir: Path) -> dict[str, Any]:

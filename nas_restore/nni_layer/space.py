@@ -18,12 +18,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from nas_restore.nni_layer.setup import nni
-from nni.mutable import Categorical, CategoricalMultiple, MutableAnnotation, ensure_frozen
-from nni.mutable import label_scope  # hierarchical labels "<scope>/<label>"; "/" is not allowed in one
-from nni.nas.nn.pytorch import Cell, InputChoice, LayerChoice, ModelSpace
-from nni.nas.space import model_context
-from nni.nas.strategy import DARTS
+from nas_restore.nni_layer.setup import nni  # first: NNI's warning filters and log routing
+
+from nni.mutable import label_scope  # noqa: E402  (hierarchical labels "<scope>/<label>"; no "/" in one)
+from nni.mutable import Categorical, CategoricalMultiple, MutableAnnotation, ensure_frozen  # noqa: E402
+from nni.nas.nn.pytorch import Cell, InputChoice, LayerChoice, ModelSpace  # noqa: E402
+from nni.nas.space import model_context  # noqa: E402
+from nni.nas.strategy import DARTS  # noqa: E402
 
 
 def is_model_space_class(obj: Any) -> bool:

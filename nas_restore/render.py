@@ -252,7 +252,12 @@ def _text_size(text: str, fontsize: float) -> tuple[float, float]:
 
 
 def _layout(graph: nx.DiGraph | nx.MultiDiGraph) -> _Layout:
-    """Layered layout, left to right by topological generation (as rankdir=LR)."""
+    """Layered layout, left to right by topological generation (as rankdir=LR), at a fixed physical scale.
+
+    networkx's ``multipartite_layout`` gives the same columns but in a unit box: fitting it to boxes sized
+    to their labels took more code than placing the generations here. The edge routing (``_crosses``,
+    ``_box_exit``) bends edges around boxes and ends arrows on rectangles, which networkx's drawing cannot.
+    """
     pad = (0.4 * NODE_FONT + 1) / 72 / UNIT  # the label box padding (0.4 em) and its edge, in layout units
     half = {}
     for node, data in graph.nodes(data=True):

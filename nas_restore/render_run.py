@@ -32,6 +32,7 @@ from nas_restore.analysis import diff_genotypes, safe_stem
 from nas_restore.graph import input_names
 from nas_restore.run_records import ALPHAS, DERIVED, METRIC_COLUMNS, METRICS, is_run_folder, load_alphas
 from nas_restore.render import MPL_FORMATS, PNG_DPI, RenderResult, render_genotype
+from search_spaces import find_space
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +67,6 @@ def parse_edge_label(label: str) -> tuple[str, int, int] | None:
 
 def derived_genotypes(run_dir: str | Path, final: Genotype) -> list[tuple[int, Genotype]]:
     """The genotype NNI derived after each epoch (``derived.jsonl``), converted with the run's space."""
-    from search_spaces import find_space
-
     path = Path(run_dir) / DERIVED
     if not path.is_file():
         return []

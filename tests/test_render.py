@@ -159,6 +159,31 @@ def test_fallback_without_dot(monkeypatch, tmp_path, caplog):
     assert mpimg.imread(tmp_path / "overview.png").shape[1] > 500
 
 
+def test_fallback_layout_boxes_do_not_overlap(darts):
+    """The matplotlib layout: columns left to right by generation, inputs first, no two boxes touching."""
+    from tests.test_genotype import tmics_genotype
+
+    graphs = [cell_graph(g.cells[c]) for g in darts.values() for c in ("normal", "reduce")]
+    graphs += [cell_graph(cell) for g in (_tmics(), tmics_genotype()) for cell in g.cells.values()]
+    graphs += [macro_graph(_tmics("ofm", cells_per_branch=3))]
+    for graph in graphs:
+        layout = render._layout(graph)
+        assert set(layout.pos) == set(graph.nodes)
+        boxes = {n: (x - layout.half[n][0], y - layout.half[n][1], x + layout.half[n][0], y + layout.half[n][1])
+                 for n, (x, y) in layout.pos.items()}
+        for a in graph:
+            for b in graph:
+                if a < b:
+                    (l1, b1, r1, t1), (l2, b2, r2, t2) = boxes[a], boxes[b]
+                    assert r1 <= l2 or r2 <= l1 or t1 <= b2 or t2 <= b1, f"boxes {a} and {b} overlap"
+                    assert (boxes[a][0] >= layout.xlim[0] and boxes[a][2] <= layout.xlim[1]
+                            and boxes[a][1] >= layout.ylim[0] and boxes[a][3] <= layout.ylim[1])
+        for u, v in graph.edges():  # every edge points to the right, as rankdir=LR
+            assert layout.pos[u][0] < layout.pos[v][0]
+    darts_v2 = render._layout(cell_graph(darts["DARTS_V2"].cells["normal"])).pos
+    assert darts_v2["c_{k-2}"][1] > darts_v2["c_{k-1}"][1]  # c_{k-2} above c_{k-1}, as in the paper
+
+
 def test_fallback_when_dot_fails_to_run(darts, monkeypatch, tmp_path):
     """``dot`` on PATH but not runnable (graphviz.ExecutableNotFound): same fallback."""
     def missing(self, *args, **kwargs):

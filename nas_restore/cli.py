@@ -1,4 +1,11 @@
-"""The `nas-restore` command line. Every flag maps to a config field; errors name the problem and the fix."""
+"""The `nas-restore` command line. Every flag maps to a config field; errors name the problem and the fix.
+
+Each command is flags -> config (through :func:`nas_restore.config.from_dict`, so a bad value is a
+``ConfigError``) -> one library call, then prints the result: the library logs, only this module
+prints. A :class:`~nas_restore.errors.UserError` prints as one ``error:`` line (exit 2); anything else
+is a bug and keeps its traceback. The commands import their library modules inside the function, so
+that ``nas-restore --help`` and the listings stay fast (NNI, Lightning and torch load only when needed).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +16,9 @@ import sys
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
+
+from nas_restore import config as cfg
+from nas_restore.errors import UserError
 
 warnings.filterwarnings("ignore", message=r".*is found to be not a nn\.Module.*", category=RuntimeWarning)
 warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
@@ -195,6 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--progress", action="store_true")
 
+    p = sub.add_parser("config", help="print the default settings of a command as YAML (a start for --config)")
+    p.add_argument("kind", choices=tuple(CONFIG_CLASSES), help="which command's settings")
+    p.add_argument("--print", action="store_true", help="print to stdout (the default; kept as an alias)")
+
     for name, what in (("spaces", "search spaces"), ("strategies", "search strategies"), ("ops", "operations")):
         p = sub.add_parser(name, help=f"list the {what}")
         p.add_argument("--json", action="store_true")
@@ -210,11 +224,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted: finished stages are kept; re-run the same command to resume where it resumes",
               file=sys.stderr)
         return 130
-    except Exception as err:  # noqa: BLE001
-        if _is_user_error(err) and not args.verbose:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        raise
+    except UserError as err:
+        if args.verbose:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
 
 def _configure_logging(verbose: bool) -> None:
@@ -227,30 +241,16 @@ def _configure_logging(verbose: bool) -> None:
     root.setLevel(logging.INFO)
 
 
-def _is_user_error(err: Exception) -> bool:
-    from nas_restore.config import ConfigError
-    from nas_restore.genotype import GenotypeError
-
-    try:
-        from nas_restore.data.folders import DataError
-    except ImportError:  # pragma: no cover
-        DataError = ValueError  # noqa: N806
-    return isinstance(err, (ConfigError, GenotypeError, DataError, FileNotFoundError, KeyError, ValueError))
-
-
 # --------------------------------------------------------------------------------------------------
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from nas_restore.demo import DemoConfig, run_demo
 
-    config = DemoConfig()
-    for flag, field_name in (("device", "device"), ("seed", "seed"), ("search_epochs", "search_epochs"),
-                             ("retrain_epochs", "retrain_epochs")):
-        if getattr(args, flag) is not None:
-            setattr(config, field_name, getattr(args, flag))
-    config.progress = not args.no_progress
-    summary = run_demo(args.out, config)
+    overrides = {"device": args.device, "seed": args.seed, "search_epochs": args.search_epochs,
+                 "retrain_epochs": args.retrain_epochs, "progress": not args.no_progress}
+    config = cfg.from_dict(DemoConfig, cfg.merge({}, overrides), "demo")
+    summary = run_demo(args.out, config, say=lambda message: print(message, flush=True))
     out = Path(args.out)
     print()
     print("Done in {:.0f} s.".format(summary["seconds"]))
@@ -267,10 +267,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from nas_restore import config as cfg
     from nas_restore.search import SearchConfig, run_search
 
-    data = cfg.load_yaml(args.config) if args.config else {}
+    data = cfg.load_yaml(args.config, "search") if args.config else {}
     overrides: dict[str, Any] = {
         "space": args.space, "strategy": args.strategy, "preset": args.preset, "epochs": args.epochs,
         "batch_size": args.batch_size, "seed": args.seed, "device": args.device,
@@ -281,7 +280,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.no_progress:
         overrides["progress"] = False
     if args.strategy_option:
-        overrides["strategy_options"] = _option_pairs(args.strategy_option, "--strategy-option")
+        overrides["strategy_options"] = cfg.parse_assignments(args.strategy_option, "--strategy-option",
+                                                              "arc_learning_rate=0.01")
     overrides.update(max_trials=args.max_trials, trial_epochs=args.trial_epochs, parallel=args.parallel,
                      budget_seconds=args.budget_seconds)
     if args.objectives is not None:
@@ -301,26 +301,13 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
-def _option_pairs(items: list[str], flag: str) -> dict[str, Any]:
-    """``KEY=VALUE`` strings -> a dict, each VALUE read as YAML (numbers, null, true, lists)."""
-    import yaml
-
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"{flag} takes KEY=VALUE, got {item!r} (e.g. {flag} arc_learning_rate=0.01)")
-        out[key.strip()] = yaml.safe_load(value) if value.strip() else None
-    return out
-
-
 def _count_or_off(text: str, flag: str) -> int | None:
     if text.strip().lower() in ("off", "none", "null"):
         return None
     try:
         return int(text)
     except ValueError:
-        raise ValueError(f"{flag} takes a whole number >= 0 or 'off', got {text!r}") from None
+        raise cfg.ConfigError(f"{flag} takes a whole number >= 0 or 'off', got {text!r}") from None
 
 
 def _genotype_argument(text: str, name: str | None = None):
@@ -341,8 +328,8 @@ def cmd_render(args: argparse.Namespace) -> int:
         from nas_restore.render import render_diff
 
         if args.genotype is not None:
-            raise ValueError(f"render --diff A B takes no other genotype (got {args.genotype!r}); "
-                             "drop it or render it separately")
+            raise cfg.ConfigError(f"render --diff A B takes no other genotype (got {args.genotype!r}); "
+                                  "drop it or render it separately")
         (a, a_label), (b, b_label) = (_genotype_argument(x) for x in args.diff)
         diff = diff_genotypes(a, b, a_label, b_label)
         result = render_diff(diff, Path(args.out or "diff"), formats=formats)
@@ -353,7 +340,7 @@ def cmd_render(args: argparse.Namespace) -> int:
             print(written)
         return 0
     if args.genotype is None:
-        raise ValueError("render needs a GENOTYPE (genotype.json, run folder, DARTS text) or --diff A B")
+        raise cfg.ConfigError("render needs a GENOTYPE (genotype.json, run folder, DARTS text) or --diff A B")
     path = Path(args.genotype)
     out = Path(args.out) if args.out else (path if path.is_dir() else path.parent) / "render"
     from nas_restore.render_run import render_run
@@ -361,7 +348,8 @@ def cmd_render(args: argparse.Namespace) -> int:
 
     if is_run_folder(path):
         if args.name:
-            raise ValueError("--name picks a Genotype(...) of a text file; a run folder has one genotype.json")
+            raise cfg.ConfigError("--name picks a Genotype(...) of a text file; a run folder has one genotype.json: "
+                                  "drop --name")
         result = render_run(path, out, formats=formats)
     else:
         genotype, _ = _genotype_argument(args.genotype, args.name)
@@ -383,10 +371,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_retrain(args: argparse.Namespace) -> int:
-    from nas_restore import config as cfg
     from nas_restore.retraining import RetrainRunConfig, run_retrain
 
-    data = cfg.load_yaml(args.config) if args.config else {}
+    data = cfg.load_yaml(args.config, "retrain") if args.config else {}
     train = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
              "device": args.device, "devices": args.devices, "num_nodes": args.num_nodes}
     if args.no_progress:
@@ -408,17 +395,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     protocol = Protocol(y_channel=not args.rgb, crop_border=args.crop_border)
     model, frames = None, args.frames or 1
     if args.model:
-        from nas_restore.build import load_trained
-        from nas_restore.device import resolve_device
+        from nas_restore.inference import Derainer
 
-        device = resolve_device(args.device)
-        model, genotype = load_trained(args.model, map_location=device)
-        model.to(device)
-        frames = args.frames or int(genotype.space_config.get("frames", 1))
-        if args.tile:
-            from nas_restore.inference import TiledModel
-
-            model = TiledModel(model, args.tile, args.tile_overlap)
+        derainer = Derainer.from_checkpoint(args.model, device=args.device, tile=args.tile or None,
+                                            overlap=args.tile_overlap)
+        model, frames = derainer.as_module(), args.frames or derainer.frames
     result = evaluate_folder(Path(args.data), model, protocol=protocol, frames=frames,
                              device=args.device if args.model else "cpu", split=args.split,
                              save_outputs=Path(args.save_outputs) if args.save_outputs else None,
@@ -442,33 +423,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _key_values(text: str | None, flag: str) -> dict[str, Any] | None:
-    """``a=1,b=x`` -> {"a": 1, "b": "x"} (values read as YAML scalars)."""
-    import yaml
-
-    if not text:
-        return None
-    out: dict[str, Any] = {}
-    for part in text.split(","):
-        key, sep, value = part.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"{flag} expects KEY=VALUE,... (e.g. channels=12,frames=3), got {part!r}")
-        out[key.strip()] = yaml.safe_load(value.strip())
-    return out
-
-
 def cmd_continual(args: argparse.Namespace) -> int:
-    from nas_restore import config as cfg
     from nas_restore.continual import ContinualConfig, run_continual, scheme_metrics
     from nas_restore.report_common import command_line
 
-    data = cfg.load_yaml(args.config) if args.config else {}
+    data = cfg.load_yaml(args.config, "continual") if args.config else {}
     split = (lambda text: [t.strip() for t in text.split(",") if t.strip()] if text else None)  # noqa: E731
     overrides: dict[str, Any] = {
         "tasks": split(args.tasks), "schemes": split(args.schemes), "steps_per_task": args.steps_per_task,
         "batch_size": args.batch_size, "lr": args.lr, "patch_size": args.patch_size, "seed": args.seed,
         "device": args.device, "replay": {"size": args.replay_size, "policy": args.replay_policy},
-        "space_config": _key_values(args.space_config, "--space-config"),
+        "space_config": (cfg.parse_assignments(args.space_config.split(","), "--space-config", "channels=12,frames=3")
+                         if args.space_config else None),
     }
     if args.no_progress:
         overrides["progress"] = False
@@ -493,11 +459,10 @@ def cmd_continual(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from nas_restore import config as cfg
     from nas_restore.compare import CompareConfig, run_compare
     from nas_restore.report_common import command_line
 
-    data = cfg.load_yaml(args.config) if args.config else {}
+    data = cfg.load_yaml(args.config, "compare") if args.config else {}
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()] if args.strategies else None
     overrides: dict[str, Any] = {
         "space": args.space, "preset": args.preset, "strategies": strategies, "seeds": args.seeds,
@@ -522,17 +487,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_rank(args: argparse.Namespace) -> int:
-    from nas_restore import config as cfg
     from nas_restore.rank import RankConfig, run_rank
     from nas_restore.report_common import command_line
 
-    data = cfg.load_yaml(args.config) if args.config else {}
+    data = cfg.load_yaml(args.config, "rank") if args.config else {}
     profile = None
     if args.profile_size:
         try:
             w, h = (int(v) for v in args.profile_size.lower().split("x"))
         except ValueError:
-            raise ValueError(f"--profile-size expects WxH (e.g. 640x480), got {args.profile_size!r}") from None
+            raise cfg.ConfigError(f"--profile-size expects WxH (e.g. 640x480), got {args.profile_size!r}") from None
         profile = [h, w]
     train = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
              "device": args.device}
@@ -580,6 +544,32 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+# `nas-restore config KIND`: the config class behind each command's --config file (module, class)
+CONFIG_CLASSES = {"search": ("nas_restore.search", "SearchConfig"),
+                  "retrain": ("nas_restore.retraining", "RetrainRunConfig"),
+                  "compare": ("nas_restore.compare", "CompareConfig"),
+                  "rank": ("nas_restore.rank", "RankConfig"),
+                  "continual": ("nas_restore.continual", "ContinualConfig")}
+assert tuple(CONFIG_CLASSES) == cfg.CONFIG_KINDS
+
+
+def config_class(kind: str) -> type:
+    """The config dataclass of ``kind`` (search, retrain, compare, rank, continual)."""
+    import importlib
+
+    module, name = CONFIG_CLASSES[kind]
+    return getattr(importlib.import_module(module), name)
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    import yaml
+
+    defaults = cfg.to_dict(config_class(args.kind)())
+    print(f"# nas-restore {args.kind} --config FILE: the defaults (keep only the settings you change)")
+    print(yaml.safe_dump(defaults, sort_keys=False), end="")
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     rows: list[dict[str, Any]]
     if args.command == "spaces":
@@ -606,7 +596,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 COMMANDS = {"demo": cmd_demo, "search": cmd_search, "render": cmd_render, "inspect": cmd_inspect,
             "retrain": cmd_retrain, "continual": cmd_continual, "compare": cmd_compare, "rank": cmd_rank,
-            "evaluate": cmd_evaluate, "derain": cmd_derain, "export": cmd_export, "spaces": cmd_list, "strategies": cmd_list, "ops": cmd_list}
+            "evaluate": cmd_evaluate, "derain": cmd_derain, "export": cmd_export, "config": cmd_config,
+            "spaces": cmd_list, "strategies": cmd_list, "ops": cmd_list}
 
 
 if __name__ == "__main__":

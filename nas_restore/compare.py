@@ -42,14 +42,25 @@ from typing import Any, Callable
 import pandas as pd
 
 from nas_restore import config as cfg
+from nas_restore.build import load_trained
 from nas_restore.datasets import DataConfig
+from nas_restore.device import resolve_device
+from nas_restore.evaluation import evaluate_folder
 from nas_restore.losses import LossConfig
-from nas_restore.report_common import (fmt_count, machine_info, machine_line, markdown_table,
-                                       mean_std, read_json, record_outcome, write_json)
+from nas_restore.plots import compare_plots
+from nas_restore.profiling import count_flops, count_parameters, input_shape
+from nas_restore.report_common import fmt_count, markdown_table, mean_std
 from nas_restore.retraining import RetrainRunConfig, run_retrain
+from nas_restore.run_records import ANYTIME
 from nas_restore.search import SearchConfig, run_search
 from nas_restore.seeding import seed_everything
+from nas_restore.sources import load_genotype
+from nas_restore.study import (HeldOutConfig, changed_fields, held_out_test as write_held_out, machine_info,
+                               machine_section, protocol_section, read_json, refuse_changed_settings,
+                               regenerate_section, run_unit, write_json)
 from nas_restore.training import RetrainConfig
+from search_spaces import find_space
+from strategies import find_strategy
 
 log = logging.getLogger(__name__)
 
@@ -74,21 +85,6 @@ class SearchRecipe:
     loss: LossConfig = field(default_factory=LossConfig)
     data: DataConfig = field(default_factory=lambda: DataConfig(patch_size=32, train_items=64, val_items=32))
     num_workers: int = 0
-
-
-@dataclass
-class HeldOutConfig:
-    """The synthetic test clips: written once, from a seed no search or retraining draws from."""
-
-    clips: int = 4
-    frames_per_clip: int = 5
-    size: int = 64
-    seed: int = 7_777
-    rain_types: list[str] = field(default_factory=lambda: ["light", "heavy", "slanted", "accumulation"])
-
-    def __post_init__(self) -> None:
-        if self.clips < 1 or self.frames_per_clip < 1 or self.size < 16:
-            raise ValueError("test.clips and test.frames_per_clip must be >= 1 and test.size >= 16")
 
 
 def _default_retrain() -> RetrainRunConfig:
@@ -206,8 +202,6 @@ def _safe(name: str) -> str:
 def check_spaces(config: CompareConfig) -> dict[str, int]:
     """Resolve every space's config now (an unknown space, preset or setting fails before any run) and
     check the test clips are long enough for its input window; returns the frames each space takes."""
-    from search_spaces import find_space
-
     frames: dict[str, int] = {}
     for space in config.spaces:
         space_config = find_space(space).config(config.preset_for(space), **config.settings_for(space))
@@ -248,8 +242,6 @@ def budget_settings(config: CompareConfig, one_shot: bool) -> dict[str, Any]:
 
 def search_config(config: CompareConfig, strategy: str, seed: int, space: str | None = None) -> SearchConfig:
     """The search of one run; ``space`` is one of ``config.spaces`` (default: the first)."""
-    from strategies import find_strategy
-
     spec = find_strategy(strategy)
     recipe = config.search
     space = space or config.spaces[0]
@@ -275,22 +267,7 @@ def retrain_config(config: CompareConfig, seed: int) -> RetrainRunConfig:
 
 def held_out_test(config: CompareConfig, out: Path) -> tuple[Path, dict[str, Any]]:
     """Write the test clips once (``data/test``) and score the rainy input on them; reused on resume."""
-    from nas_restore.data.synthetic import write_synthetic_folder
-    from nas_restore.evaluation import evaluate_folder
-
-    folder = out / "data" / "test"
-    record_path = out / "data" / "test.json"
-    wanted = cfg.to_dict(config.test)
-    record = read_json(record_path)
-    if record is not None and record.get("config") == wanted and folder.is_dir():
-        return folder, record
-    write_synthetic_folder(folder, kind="video", count=config.test.clips, frames_per_clip=config.test.frames_per_clip,
-                           size=config.test.size, rain_types=list(config.test.rain_types), seed=config.test.seed)
-    scores = evaluate_folder(folder, None, progress=False).summary
-    record = {"config": wanted, "psnr_input": scores["psnr"], "ssim_input": scores["ssim"],
-              "count": scores["count"], "protocol": scores["protocol"]}
-    write_json(record_path, record)
-    return folder, record
+    return write_held_out(config.test, out)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -328,7 +305,7 @@ def _search_cost_epochs(genotype: Any, run_dir: Path) -> float:
     if cost is not None:
         return float(cost)
     try:
-        anytime = pd.read_csv(run_dir / "anytime.csv")
+        anytime = pd.read_csv(run_dir / ANYTIME)
         return float(anytime["cost_epochs"].iloc[-1])
     except (OSError, KeyError, IndexError, pd.errors.EmptyDataError):
         return math.nan
@@ -337,12 +314,6 @@ def _search_cost_epochs(genotype: Any, run_dir: Path) -> float:
 def run_one(config: CompareConfig, strategy: str, seed: int, run_dir: Path, test_dir: Path,
             test_record: dict[str, Any], space: str | None = None) -> dict[str, Any]:
     """Search, retrain, evaluate one (space, strategy, seed), skipping the stages already recorded."""
-    from nas_restore.build import load_trained
-    from nas_restore.evaluation import evaluate_folder
-    from nas_restore.sources import load_genotype
-    from nas_restore.profiling import count_flops, count_parameters, input_shape
-    from strategies import find_strategy
-
     spec = find_strategy(strategy)
     space = space or config.spaces[0]
     search_dir = run_dir / "search"
@@ -443,21 +414,16 @@ def _check_same_yaml(out: Path, previous_path: Path, config: CompareConfig) -> N
                           != _space_record(config, s)]
     else:
         changed_spaces = []
-    changed = sorted(k for k in set(previous) | set(current)
-                     if k not in extensible and previous.get(k) != current.get(k))
+    changed = changed_fields(previous, current, ignore=extensible)
     changed += [f"preset/space_settings of {s}" for s in changed_spaces]
-    if changed:
-        raise ValueError(f"{out} holds a comparison made with other settings ({', '.join(changed)}: not as in "
-                         f"{previous_path}): its finished runs would not be comparable. Give another --out, or "
-                         f"the same settings (only strategies and seeds may change, and spaces be added to a "
-                         f"comparison of several spaces)")
+    refuse_changed_settings(out, "a comparison", changed, "its finished runs would not be comparable",
+                            "only strategies and seeds may change, and spaces be added to a comparison of several "
+                            "spaces", recorded_in=previous_path)
 
 
 def run_compare(config: CompareConfig, out_dir: str | Path, command: str | None = None,
                 say: Callable[[str], None] = log.info) -> CompareResult:
     """Run (or resume) the comparison into ``out_dir``; write results.csv, summary.md and the plots."""
-    from strategies import find_strategy
-
     for name in config.strategies:
         find_strategy(name)  # an unknown name fails now, not after an hour of other runs
     frames = check_spaces(config)  # so does an unknown space, preset or setting
@@ -477,28 +443,21 @@ def run_compare(config: CompareConfig, out_dir: str | Path, command: str | None 
     for k, (space, strategy, seed) in enumerate(runs, 1):
         run_dir = out / run_path(config, space, strategy, seed)
         label = run_label(config, space, strategy, seed)
-        done = read_json(run_dir / "done.json")
-        if done is not None:
-            say(f"[{k}/{len(runs)}] {label}: finished earlier, skipped")
-            rows.append(done)
-            continue
-        ran.append(label)
-        say(f"[{k}/{len(runs)}] {label}: search, retrain, evaluate")
-        run_dir.mkdir(parents=True, exist_ok=True)
         failed_row = {"strategy": strategy, "family": find_strategy(strategy).family, "seed": seed,
                       "status": "failed", "budget": config.budget, "budget_unit": config.budget_unit}
         if config.multi_space:
             failed_row = {"space": space, **failed_row}
-        row = record_outcome(
-            run_dir, lambda: run_one(config, strategy, seed, run_dir, test_dir, test_record, space), failed_row,
+        row, worked = run_unit(
+            run_dir, f"[{k}/{len(runs)}] {label}", f"[{k}/{len(runs)}] {label}: search, retrain, evaluate",
+            lambda: run_one(config, strategy, seed, run_dir, test_dir, test_record, space), failed_row,
             lambda r: f"PSNR {r['psnr']:.2f} dB, SSIM {r['ssim']:.4f}, genotype {r['genotype_id']}", say,
             failed_note="; the other runs go on")
         rows.append(row)
-        write_results(rows, out / "results.csv", columns)
+        if worked:
+            ran.append(label)
+            write_results(rows, out / "results.csv", columns)
 
     results = write_results(rows, out / "results.csv", columns)
-    from nas_restore.plots import compare_plots
-
     # with several spaces every figure tells them apart by labelling each series space/strategy
     plotted = results.assign(strategy=_labels(config, results)) if config.multi_space else results
     plots = compare_plots(plotted, out, anytime_curves(results, out, config),
@@ -523,7 +482,7 @@ def anytime_curves(results: pd.DataFrame, out: Path,
     done = results[results["status"] == "done"]
     for label, row in zip(_labels(config, done), done.itertuples()):
         space = row.space if config.multi_space else config.spaces[0]
-        path = out / run_path(config, space, row.strategy, int(row.seed)) / "search" / "anytime.csv"
+        path = out / run_path(config, space, row.strategy, int(row.seed)) / "search" / ANYTIME
         try:
             curves.setdefault(label, []).append(pd.read_csv(path))
         except (OSError, pd.errors.EmptyDataError):
@@ -617,8 +576,6 @@ def _space_text(config: CompareConfig, space: str) -> str:
 
 def write_summary(config: CompareConfig, results: pd.DataFrame, test_record: dict[str, Any], out: Path,
                   plots: list[Path], command: str | None, frames: dict[str, int] | None = None) -> Path:
-    from strategies import find_strategy
-
     reference = REFERENCE_STRATEGY if REFERENCE_STRATEGY in config.strategies else None
     families = {s: find_strategy(s) for s in config.strategies}
     one_shot = [s for s, spec in families.items() if spec.one_shot]
@@ -744,58 +701,45 @@ def _protocol_lines(config: CompareConfig, test_record: dict[str, Any], families
     sdata, rdata, rt = config.search.data, config.retrain.data, config.retrain.train
     multi = frames is not None
     if multi:
-        space_line = ("- spaces: " + "; ".join(f"`{s}` ({_space_text(config, s)}, {frames[s]} input frame(s))"
-                                               for s in config.spaces) + "; each searched by every strategy x seed below")
+        space_line = ("spaces: " + "; ".join(f"`{s}` ({_space_text(config, s)}, {frames[s]} input frame(s))"
+                                             for s in config.spaces) + "; each searched by every strategy x seed below")
     else:
-        space_line = f"- space: `{config.space}`, {_space_text(config, config.spaces[0])}"
-    return [
-        "## Protocol",
-        "",
+        space_line = f"space: `{config.space}`, {_space_text(config, config.spaces[0])}"
+    protocol = [
         space_line,
-        f"- strategies: {', '.join(f'{s} ({spec.family})' for s, spec in families.items())}; options: "
+        f"strategies: {', '.join(f'{s} ({spec.family})' for s, spec in families.items())}; options: "
         f"{config.strategy_options or 'defaults (nas-restore strategies --json)'}",
-        f"- seeds: {', '.join(map(str, config.seed_list))}; seed s searches and retrains on synthetic items of seeds "
+        f"seeds: {', '.join(map(str, config.seed_list))}; seed s searches and retrains on synthetic items of seeds "
         "10000·s+1 (train) and 10000·s+2 (validation), the same for every strategy" +
         (" and space (windows of each space's own length)" if multi else ""),
-        f"- budget: {budget_text}",
-        f"- search: batch {config.search.batch_size}, lr {config.search.lr:g}, {sdata.train_items} train / "
+        f"budget: {budget_text}",
+        f"search: batch {config.search.batch_size}, lr {config.search.lr:g}, {sdata.train_items} train / "
         f"{sdata.val_items} validation patches of {sdata.patch_size} px",
-        f"- retraining (every genotype alike, from scratch): {rt.epochs} epoch(s), batch {rt.batch_size}, Adam lr "
+        f"retraining (every genotype alike, from scratch): {rt.epochs} epoch(s), batch {rt.batch_size}, Adam lr "
         f"{rt.lr:g} cosine to {rt.min_lr:g}, loss L1 {rt.loss.l1_weight:g} + SSIM {rt.loss.ssim_weight:g}, "
         f"{rdata.train_items} train / {rdata.val_items} validation patches of {rdata.patch_size} px; the model "
         "kept is the best epoch by validation PSNR",
-        f"- test: {config.test.clips} synthetic clips x {config.test.frames_per_clip} frames of "
+        f"test: {config.test.clips} synthetic clips x {config.test.frames_per_clip} frames of "
         f"{config.test.size} px (rain {', '.join(config.test.rain_types)}), written by the folder writer from seed "
         f"{config.test.seed} (salted apart from the training items), never searched or trained on; full frames" +
         ("; every frame scored as the centre of each model's window" if multi else ""),
-        f"- metrics: {test_record['protocol']}; FLOPs of one forward pass at {config.test.size}x{config.test.size} "
+        f"metrics: {test_record['protocol']}; FLOPs of one forward pass at {config.test.size}x{config.test.size} "
         + ("with the space's own number of input frames " if multi else "") +
         "(2 per multiply-add); search seconds include the search's own validation",
-        "- anytime curves: best validation PSNR found so far against search cost; one-shot runs score the "
+        "anytime curves: best validation PSNR found so far against search cost; one-shot runs score the "
         "supernet, multi-trial runs each trained trial, so the levels of the two families are not comparable, "
         "only their shapes",
-        "",
-        "## Machine",
-        "",
-        machine_line(mach),
-        "",
-        "## Regenerate",
-        "",
-        f"    {regenerate}",
-        "",
-        f"or, with every setting from this folder: `nas-restore compare --config {out / 'compare.yaml'} "
-        f"--out {out}`. Re-running resumes: " +
-        ("finished runs (runs/*/*/done.json) are skipped, and spaces may be added. Per run: "
-         "`runs/<space>/<strategy>-seed<k>/` (search folder, retraining, evaluation/per_item.csv). " if multi else
-         "finished runs (runs/*/done.json) are skipped. Per run: `runs/<strategy>-seed<k>/` (search folder, "
-         "retraining, evaluation/per_item.csv). ") + "Per-run rows: results.csv.",
-        "",
     ]
+    resume = (f"or, with every setting from this folder: `nas-restore compare --config {out / 'compare.yaml'} "
+              f"--out {out}`. Re-running resumes: " +
+              ("finished runs (runs/*/*/done.json) are skipped, and spaces may be added. Per run: "
+               "`runs/<space>/<strategy>-seed<k>/` (search folder, retraining, evaluation/per_item.csv). " if multi
+               else "finished runs (runs/*/done.json) are skipped. Per run: `runs/<strategy>-seed<k>/` (search "
+               "folder, retraining, evaluation/per_item.csv). ") + "Per-run rows: results.csv.")
+    return protocol_section(protocol) + machine_section(mach) + regenerate_section(regenerate, "(run from Python: see compare.yaml)", resume)
 
 
 def _resolved_device(device: str) -> str:
-    from nas_restore.device import resolve_device
-
     return str(resolve_device(device))
 
 

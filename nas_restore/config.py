@@ -19,7 +19,11 @@ class ConfigError(UserError, ValueError):
 
 
 def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "config") -> T:
-    """Build dataclass ``cls`` from a (nested) dict, rejecting unknown keys by name."""
+    """Build dataclass ``cls`` from a (nested) dict, rejecting unknown keys by name.
+
+    Any ``TypeError``/``ValueError`` of the dataclass's ``__post_init__`` (or its ``validate()``, when it
+    has one) becomes a :class:`ConfigError` that names where in the config it happened.
+    """
     data = dict(data or {})
     if not dataclasses.is_dataclass(cls):
         raise TypeError(f"{cls} is not a dataclass")
@@ -45,9 +49,12 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "config") 
             value = Path(value) if value is not None else None
         kwargs[key] = value
     try:
-        return cls(**kwargs)
+        obj = cls(**kwargs)
+        if callable(getattr(obj, "validate", None)):  # checks across fields (a space's config)
+            obj.validate()
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{where}: {err}") from None
+    return obj
 
 
 def to_dict(obj: Any) -> dict[str, Any]:
@@ -63,11 +70,19 @@ def to_dict(obj: Any) -> dict[str, Any]:
     return clean(dataclasses.asdict(obj))
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
+CONFIG_KINDS = ("search", "retrain", "compare", "rank", "continual")  # what `nas-restore config KIND` writes
+
+
+def load_yaml(path: str | Path, kind: str | None = None) -> dict[str, Any]:
+    """The mapping in a YAML config file; ``kind`` (search, retrain, ...) names the command that writes one."""
     path = Path(path)
     if not path.exists():
-        raise ConfigError(f"config file {path} does not exist (write one with `nas-restore config --print > {path}`"
-                          " or omit --config to use the defaults)")
+        raise ConfigError(f"config file {path} does not exist: write the defaults with `nas-restore config "
+                          f"{kind or '|'.join(CONFIG_KINDS)} > {path}` and edit them, or omit --config to use "
+                          "the defaults")
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a folder: give a YAML file (`nas-restore config "
+                          f"{kind or '|'.join(CONFIG_KINDS)}` prints one)")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
@@ -95,4 +110,19 @@ def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
             out[key] = merge(out.get(key) if isinstance(out.get(key), dict) else {}, value)
         else:
             out[key] = value
+    return out
+
+
+def parse_assignments(items: list[str], flag: str, example: str = "key=0.01") -> dict[str, Any]:
+    """``KEY=VALUE`` strings (e.g. repeated command-line flags) -> a dict, each VALUE read as YAML
+    (numbers, null, true, lists; an empty VALUE is None)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{flag} takes KEY=VALUE, got {item!r} (e.g. {flag} {example})")
+        try:
+            out[key.strip()] = yaml.safe_load(value.strip()) if value.strip() else None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{flag} {item!r}: the value is not valid YAML ({err})") from None
     return out

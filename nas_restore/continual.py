@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import difflib
 import logging
 import math
 import time
@@ -32,18 +33,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+import yaml
 from torch import Tensor, nn
 from torch.utils.data import ConcatDataset, Dataset
 
 from nas_restore import config as cfg
+from nas_restore.build import build_model, load_weights, save_weights
 from nas_restore.config import ConfigError
+from nas_restore.data.synthetic import RAIN_PRESETS
 from nas_restore.datasets import DataConfig, synthetic_split, train_val_datasets
+from nas_restore.device import resolve_device
+from nas_restore.evaluation import score_pair
 from nas_restore.genotype import Genotype
 from nas_restore.losses import LossConfig, RestorationLoss
+from nas_restore.metrics import MAX_PSNR
+from nas_restore.profiling import count_parameters
 from nas_restore.replay import POLICIES, ReplayBuffer
+from nas_restore.report_common import fmt, markdown_table
 from nas_restore.seeding import seed_everything
+from nas_restore.study import changed_fields, machine_info, machine_line, read_json, refuse_changed_settings, write_json
+from nas_restore.training import cosine_factor
 
 log = logging.getLogger(__name__)
 
@@ -178,8 +190,6 @@ class ContinualConfig:
 
 
 def _check_task(task: str, folders: dict[str, str]) -> None:
-    from nas_restore.data.synthetic import RAIN_PRESETS
-
     if task not in RAIN_PRESETS and task not in folders:
         raise ValueError(f"unknown task {task!r}: a synthetic rain type ({', '.join(RAIN_PRESETS)}) or a name "
                          f"given a folder in the config's folders: {{{task}: path/to/pairs}}")
@@ -253,8 +263,6 @@ class FeatureTap:
         modules = dict(model.named_modules())
         missing = [n for n in names if n not in modules]
         if missing:
-            import difflib
-
             hints = [f"{n} (did you mean {', '.join(difflib.get_close_matches(n, list(modules), n=2))}?)"
                      for n in missing]
             raise ValueError(f"distill feature_modules not in the network: {'; '.join(hints)}; known: "
@@ -368,26 +376,25 @@ def learning_average(matrix: list[list[float]]) -> float:
 @torch.no_grad()
 def evaluate_task(model: nn.Module, test: list[tuple[Tensor, Tensor]], device: torch.device,
                   batch_size: int = 8) -> tuple[float, float]:
-    """Mean PSNR/SSIM (dB; the project's default protocol: Y channel, 8-bit) of the model on a test set."""
-    from nas_restore.metrics import psnr, ssim
-
+    """Mean PSNR/SSIM of the model on a test set, scored as `nas-restore evaluate` scores an item
+    (:func:`~nas_restore.evaluation.score_pair`: Y channel, 8-bit); each item's PSNR capped at
+    :data:`~nas_restore.metrics.MAX_PSNR` so that the accuracy matrix stays finite."""
     model.eval()
     psnrs, ssims = [], []
     for start in range(0, len(test), batch_size):
         frames, target = _batch(test, list(range(start, min(start + batch_size, len(test)))))
         pred = model(frames.to(device)).clamp(0.0, 1.0).cpu()
         for p, t in zip(pred, target):
-            psnrs.append(min(psnr(p, t), 100.0))
-            ssims.append(ssim(p, t))
+            item_psnr, item_ssim = score_pair(p, t)
+            psnrs.append(min(item_psnr, MAX_PSNR))
+            ssims.append(item_ssim)
     return sum(psnrs) / len(psnrs), sum(ssims) / len(ssims)
 
 
 def input_scores(test: list[tuple[Tensor, Tensor]]) -> tuple[float, float]:
     """PSNR/SSIM of the rainy centre frame itself: the floor a derainer has to beat."""
-    from nas_restore.metrics import psnr, ssim
-
-    pairs = [(f[f.shape[0] // 2], t) for f, t in test]
-    return (sum(psnr(p, t) for p, t in pairs) / len(pairs), sum(ssim(p, t) for p, t in pairs) / len(pairs))
+    scores = [score_pair(f[f.shape[0] // 2], t) for f, t in test]
+    return sum(p for p, _ in scores) / len(scores), sum(s for _, s in scores) / len(scores)
 
 
 def train_stage(model: nn.Module, train: Dataset, config: ContinualConfig, stage: int, device: torch.device,
@@ -396,8 +403,6 @@ def train_stage(model: nn.Module, train: Dataset, config: ContinualConfig, stage
 
     The batches of the current task depend only on (seed, stage), so every scheme sees the same ones.
     """
-    from nas_restore.training import cosine_factor
-
     model.to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_factor(config.steps_per_task,
@@ -474,17 +479,15 @@ def prepare_genotype(genotype: Genotype, overrides: dict[str, Any]) -> Genotype:
 
 
 def _check_run_folder(out_dir: Path, record: dict[str, Any]) -> None:
-    from nas_restore.report_common import read_json, write_json
-
     path = out_dir / "run.json"
     previous = read_json(path)
     if previous is not None and previous != record:
-        changed = sorted(k for k in set(previous.get("config", {})) | set(record["config"])
-                         if previous.get("config", {}).get(k) != record["config"].get(k))
+        changed = changed_fields(previous.get("config", {}), record["config"])
         if previous.get("genotype_id") != record["genotype_id"]:
             changed.insert(0, "genotype")
-        raise ConfigError(f"{out_dir} holds a continual run with other settings ({', '.join(changed) or 'format'}):"
-                          f" give another --out, or the same settings to resume (nothing was changed there)")
+        refuse_changed_settings(out_dir, "a continual run", changed or ["format"],
+                                "its finished stages would not be resumed alike", "to resume; nothing was changed "
+                                "there", recorded_in=path, error=ConfigError)
     write_json(path, record)
 
 
@@ -508,11 +511,6 @@ def run_continual(genotype: Genotype, config: ContinualConfig, out_dir: str | Pa
 
     ``on_stage(scheme, k, task, row, skipped)`` is called after every stage (the CLI prints progress).
     """
-    from nas_restore.build import build_model
-    from nas_restore.device import resolve_device
-    from nas_restore.report_common import read_json, write_json
-    from nas_restore.build import load_weights, save_weights
-
     out_dir = Path(out_dir)
     genotype = prepare_genotype(genotype, config.space_config)
     device = resolve_device(config.device)
@@ -617,11 +615,10 @@ def plot_matrix(matrix: list[list[float]], tasks: list[str], path: Path, title: 
                 limits: tuple[float, float] | None = None) -> Path:
     """A heat map of R with the values written in the cells (blank above the diagonal); ``limits`` fixes
     the colour scale (vmin, vmax)."""
-    import matplotlib
+    import matplotlib  # optional and slow to import: only when a figure is drawn
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
     data = np.ma.masked_invalid(np.array(matrix, dtype=float))
     fig, ax = plt.subplots(figsize=(1.4 * len(tasks) + 2.0, 1.1 * len(tasks) + 1.5))
@@ -658,15 +655,10 @@ def write_summary(out_dir: Path, genotype: Genotype, config: ContinualConfig,
                   matrices: dict[str, dict[str, list[list[float]]]], inputs: dict[str, tuple[float, float]],
                   tasks: list[TaskData], command: str | None, device: torch.device) -> Path:
     """``summary.md`` (tables, definitions, how to regenerate) and ``summary.json`` (the same figures)."""
-    import yaml
-
-    from nas_restore.build import build_model
-    from nas_restore.report_common import fmt, machine_info, machine_line, markdown_table, write_json
-
     names = [t.name for t in tasks]
     metrics = {s: scheme_metrics(m) for s, m in matrices.items()}
     info = machine_info(str(device))
-    params = sum(p.numel() for p in build_model(genotype).parameters())
+    params = count_parameters(build_model(genotype))
     lines = [
         "# Continual learning across rain types",
         "",

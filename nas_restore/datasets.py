@@ -13,6 +13,9 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset, Subset
 
+from nas_restore.data.folders import DataError, open_dataset
+from nas_restore.data.synthetic import SyntheticRainDataset
+
 # seed offsets keep the synthetic splits apart for any user seed
 _SPLIT_SEED = {"train": 1, "val": 2, "test": 3}
 
@@ -39,8 +42,6 @@ class DataConfig:
 
 def synthetic_split(config: DataConfig, frames: int, split: str, seed: int, length: int | None = None,
                     size: int | None = None) -> Dataset:
-    from nas_restore.data.synthetic import SyntheticRainDataset
-
     if split not in _SPLIT_SEED:
         raise ValueError(f"split must be one of {list(_SPLIT_SEED)}, got {split!r}")
     default_length = config.train_items if split == "train" else config.val_items
@@ -54,8 +55,6 @@ def train_val_datasets(config: DataConfig, frames: int, seed: int) -> tuple[Data
     """The (train, val) pair for a search or a retraining run."""
     if config.folder is None:
         return (synthetic_split(config, frames, "train", seed), synthetic_split(config, frames, "val", seed))
-    from nas_restore.data.folders import open_dataset
-
     root = Path(config.folder)
     train_full = open_dataset(root, frames=frames, patch_size=config.patch_size, augment=True, seed=seed,
                               split=config.split)
@@ -63,7 +62,8 @@ def train_val_datasets(config: DataConfig, frames: int, seed: int) -> tuple[Data
                             split=config.split)
     n = len(train_full)
     if n < 2:
-        raise ValueError(f"{root} has {n} item(s): need at least 2 to split into train and validation")
+        raise DataError(f"{root} has {n} item(s): need at least 2 to split into train and validation "
+                        "(add pairs, or pick a larger split)")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
     n_val = max(1, int(round(n * config.val_fraction)))
     return Subset(train_full, order[n_val:]), Subset(val_full, order[:n_val])

@@ -16,6 +16,7 @@ from typing import Any, Callable
 from nas_restore.datasets import DataConfig
 from nas_restore.losses import LossConfig
 from nas_restore.search import SearchConfig
+from nas_restore.study import HeldOutConfig, write_test_clips
 from nas_restore.training import RetrainConfig
 
 log = logging.getLogger(__name__)
@@ -42,9 +43,9 @@ class DemoConfig:
 
 
 def run_demo(out_dir: str | Path, config: DemoConfig | None = None,
-             say: Callable[[str], None] = print) -> dict[str, Any]:
+             say: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run every stage; returns (and writes) the summary."""
-    from nas_restore.data.synthetic import write_synthetic_folder
+    say = say or log.info  # the CLI passes print: the library only logs
     from nas_restore.evaluation import evaluate_folder
     from nas_restore.render import render_genotype
     from nas_restore.retraining import RetrainRunConfig, run_retrain
@@ -61,9 +62,9 @@ def run_demo(out_dir: str | Path, config: DemoConfig | None = None,
 
     say(f"[1/5] synthesising held-out rainy test clips -> {out / 'data' / 'test'}")
     t0 = time.perf_counter()
-    test_dir = write_synthetic_folder(out / "data" / "test", kind="video", count=config.test_clips,
-                                      frames_per_clip=config.test_frames, size=config.test_size,
-                                      rain_types=config.rain_types, seed=10_000 * config.seed + 7)
+    test_dir = write_test_clips(HeldOutConfig(clips=config.test_clips, frames_per_clip=config.test_frames,
+                                              size=config.test_size, seed=10_000 * config.seed + 7,
+                                              rain_types=list(config.rain_types)), out / "data" / "test")
     stage("data", t0)
 
     say("[2/5] searching the TMICS space with DARTS (alignment OFM/TGM, DNA and CNA cells)")

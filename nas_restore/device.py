@@ -9,7 +9,14 @@ import logging
 
 import torch
 
+from nas_restore.errors import UserError
+
 log = logging.getLogger(__name__)
+
+
+class DeviceError(UserError, ValueError):
+    """A device the user asked for that this machine or this torch build does not have."""
+
 
 CUDA_MISSING = ("CUDA requested but torch.cuda.is_available() is False (this torch is a CPU build?): "
                 "use --device cpu or auto")
@@ -35,19 +42,19 @@ def resolve_device(name: str = "auto") -> torch.device:
     try:
         device = torch.device(text)
     except RuntimeError as err:
-        raise ValueError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps") from err
+        raise DeviceError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps") from err
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(CUDA_MISSING)
+            raise DeviceError(CUDA_MISSING)
         count = torch.cuda.device_count()
         if device.index is not None and device.index >= count:
-            raise ValueError(f"device {name!r} asked for GPU {device.index} but only {count} CUDA device(s) "
+            raise DeviceError(f"device {name!r} asked for GPU {device.index} but only {count} CUDA device(s) "
                              f"are visible: use cuda:0..cuda:{count - 1} or auto")
     elif device.type == "mps":
         if not _mps_available():
-            raise ValueError(f"device {name!r}: torch.backends.mps.is_available() is False: use --device cpu or auto")
+            raise DeviceError(f"device {name!r}: torch.backends.mps.is_available() is False: use --device cpu or auto")
     elif device.type != "cpu":
-        raise ValueError(f"unsupported device {name!r}: use auto, cpu, cuda, cuda:N or mps")
+        raise DeviceError(f"unsupported device {name!r}: use auto, cpu, cuda, cuda:N or mps")
     return device
 
 
@@ -55,11 +62,11 @@ def lightning_accelerator(device: torch.device, devices: int = 1) -> tuple[str, 
     """``(accelerator, devices)`` for ``pl.Trainer``: an indexed cuda device pins that one GPU,
     otherwise ``devices`` (a count) is passed through."""
     if devices < 1:
-        raise ValueError(f"devices must be >= 1, got {devices}")
+        raise DeviceError(f"devices must be >= 1, got {devices}")
     if device.type == "cuda":
         if device.index is not None:
             if devices != 1:
-                raise ValueError(f"device {device} names one GPU but devices={devices}: use device 'cuda' "
+                raise DeviceError(f"device {device} names one GPU but devices={devices}: use device 'cuda' "
                                  f"with devices={devices}, or devices=1")
             return "gpu", [device.index]
         return "gpu", devices
@@ -67,4 +74,4 @@ def lightning_accelerator(device: torch.device, devices: int = 1) -> tuple[str, 
         return "mps", 1
     if device.type == "cpu":
         return "cpu", devices
-    raise ValueError(f"no lightning accelerator for device {device}: use cpu, cuda or mps")
+    raise DeviceError(f"no lightning accelerator for device {device}: use cpu, cuda or mps")

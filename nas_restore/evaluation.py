@@ -17,10 +17,13 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 import torch
+from skimage import io
 from tqdm.auto import tqdm
 
 from nas_restore.data.folders import VideoClipFolder, open_dataset
+from nas_restore.device import resolve_device
 from nas_restore.metrics import Protocol, psnr, ssim
+from nas_restore.temporal import warping_errors
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +67,14 @@ def _to_hwc(t: torch.Tensor) -> np.ndarray:
     return t.detach().to("cpu", torch.float32).clamp(0, 1).permute(1, 2, 0).numpy()
 
 
-def _save_png(img: np.ndarray, path: Path) -> None:
-    from skimage import io
+def score_pair(output: torch.Tensor, target: torch.Tensor, protocol: Protocol = Protocol()) -> tuple[float, float]:
+    """PSNR (dB; ``inf`` when identical) and SSIM of one ``[3, H, W]`` frame in [0, 1] (a model's output or
+    the rainy input) against its clean target: the one way the toolkit scores an item."""
+    out, clean = _to_hwc(output), _to_hwc(target)
+    return psnr(out, clean, protocol), ssim(out, clean, protocol)
 
+
+def _save_png(img: np.ndarray, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     io.imsave(path, np.round(np.clip(img, 0, 1) * 255).astype(np.uint8), check_contrast=False)
 
@@ -76,8 +84,6 @@ WARP_ERROR_NAME = ("warping error (Lai et al. 2018): mean squared RGB difference
 
 
 def _warp_columns(prev: dict[str, torch.Tensor] | None, cur: dict[str, torch.Tensor]) -> dict[str, float]:
-    from nas_restore.temporal import warping_errors
-
     if prev is None:
         errors = {k: math.nan for k in cur}
     else:
@@ -107,8 +113,6 @@ def evaluate_folder(root: str | Path, model: Callable[[torch.Tensor], torch.Tens
     clip's first frame has none (NaN) and the means skip it. ``temporal=False`` turns it off.
     save_outputs: folder for the model's outputs as 8-bit PNGs (``<name>.png``; clips ``<clip>/<frame>.png``).
     """
-    from nas_restore.device import resolve_device
-
     dataset = open_dataset(root, frames=frames, split=split)
     dev = resolve_device(str(device)) if model is not None else torch.device("cpu")
     out_dir = Path(save_outputs) if save_outputs is not None else None
@@ -127,11 +131,10 @@ def evaluate_folder(root: str | Path, model: Callable[[torch.Tensor], torch.Tens
                           unit="frame" if isinstance(dataset, VideoClipFolder) else "image"):
                 window, target = dataset[i]
                 name = dataset.names[i]
-                clean = _to_hwc(target)
-                rainy = _to_hwc(window[window.shape[0] // 2])
+                rainy = window[window.shape[0] // 2]
                 row: dict[str, Any] = {"name": name}
                 if model is None:
-                    row["psnr"], row["ssim"] = psnr(rainy, clean, protocol), ssim(rainy, clean, protocol)
+                    row["psnr"], row["ssim"] = score_pair(rainy, target, protocol)
                 else:
                     output = model(window.unsqueeze(0).to(dev))
                     if not isinstance(output, torch.Tensor) or tuple(output.shape) != (1, *target.shape):
@@ -139,11 +142,10 @@ def evaluate_folder(root: str | Path, model: Callable[[torch.Tensor], torch.Tens
                         raise ValueError(f"the model returned {shape} for input {tuple(window.unsqueeze(0).shape)} "
                                          f"({name}); expected [1, 3, H, W] = {(1, *target.shape)}")
                     output = output.clamp(0, 1)
-                    derained = _to_hwc(output[0])
-                    row["psnr"], row["ssim"] = psnr(derained, clean, protocol), ssim(derained, clean, protocol)
-                    row["psnr_input"], row["ssim_input"] = psnr(rainy, clean, protocol), ssim(rainy, clean, protocol)
+                    row["psnr"], row["ssim"] = score_pair(output[0], target, protocol)
+                    row["psnr_input"], row["ssim_input"] = score_pair(rainy, target, protocol)
                     if out_dir is not None:
-                        _save_png(derained, out_dir / f"{name}.png")
+                        _save_png(_to_hwc(output[0]), out_dir / f"{name}.png")
                 if video:
                     clip = dataset.index[i][0]
                     frames_now = {"clean": target.unsqueeze(0).float().cpu(),
@@ -173,4 +175,4 @@ def evaluate_folder(root: str | Path, model: Callable[[torch.Tensor], torch.Tens
     return EvaluationResult(per_item=per_item, summary=summary)
 
 
-__all__ = ["EvaluationResult", "evaluate_folder"]
+__all__ = ["EvaluationResult", "evaluate_folder", "score_pair"]

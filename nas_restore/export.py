@@ -17,9 +17,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from nas_restore.build import load_trained
+from nas_restore.errors import UserError
+
 log = logging.getLogger(__name__)
 
 TOLERANCE = 1e-4
+
+
+class ExportError(UserError, ValueError):
+    """A network that cannot be exported faithfully (the message says what to ship instead)."""
 
 
 @dataclass
@@ -40,6 +47,9 @@ def _check(loaded, model: nn.Module, shape: tuple[int, ...]) -> float:
 
 def export_model(model: nn.Module, frames: int, out: str | Path, height: int = 64, width: int = 64) -> ExportResult:
     """Export ``model`` ([1, T, 3, H, W] -> [1, 3, H, W]) to ``out``; see the module docstring."""
+    if min(height, width) < 16:
+        raise ExportError(f"the example input must be at least 16x16 px, got height={height} width={width}: "
+                          "raise --height/--width")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     model = model.cpu().eval()
@@ -75,7 +85,7 @@ def export_model(model: nn.Module, frames: int, out: str | Path, height: int = 6
     err_other = _check(loaded, model, other)
     if max(err, err_other) > TOLERANCE:
         out.unlink(missing_ok=True)
-        raise ValueError(f"this network cannot be exported: its traced program differs from the model by "
+        raise ExportError(f"this network cannot be exported: its traced program differs from the model by "
                          f"{max(err, err_other):.3g} on new inputs (it probably computes part of its forward "
                          f"outside torch, e.g. classical optical flow in numpy). Ship model.pt and run it with "
                          f"nas-restore (nas_restore.build.load_trained) instead")
@@ -84,8 +94,6 @@ def export_model(model: nn.Module, frames: int, out: str | Path, height: int = 6
 
 def export_checkpoint(checkpoint: str | Path, out: str | Path, height: int = 64, width: int = 64) -> ExportResult:
     """Export the ``model.pt`` written by ``nas-restore retrain`` (or its run folder)."""
-    from nas_restore.build import load_trained
-
     model, genotype = load_trained(checkpoint)
     return export_model(model, int(genotype.space_config.get("frames", 1)), out, height, width)
 
@@ -99,4 +107,4 @@ def load_exported(path: str | Path) -> nn.Module:
         return torch.jit.load(str(path))
 
 
-__all__ = ["ExportResult", "export_model", "export_checkpoint", "load_exported"]
+__all__ = ["ExportError", "ExportResult", "export_model", "export_checkpoint", "load_exported"]

@@ -221,7 +221,12 @@ def read_genotype_file(path: str | Path, name: str | None = None) -> Genotype:
     ``NAME = Genotype(...)`` (a DARTS ``genotypes.py``) needs ``name``.
     """
     path = Path(path)
-    text = path.read_text()
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise GenotypeError(f"{path} is a binary file, not a genotype (a model.pt?): give a genotype.json, its run "
+                            "folder or a DARTS Genotype(...) text file; a model.pt goes to evaluate, derain or "
+                            "export") from None
     if text.lstrip().startswith("{"):
         if name is not None:
             raise GenotypeError(f"--name {name!r} picks one Genotype(...) of a text file; {path} is a JSON genotype")

@@ -25,7 +25,10 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from nas_restore.data.folders import DataError, IMAGE_SUFFIXES, image_size, list_images, load_image
+from nas_restore.build import load_trained
+from nas_restore.config import ConfigError
+from nas_restore.data.folders import DataError, IMAGE_SUFFIXES, image_size, list_images, load_image, window_indices
+from nas_restore.device import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +74,7 @@ def tiled_forward(model: Callable[[Tensor], Tensor], window: Tensor, tile: int |
     h, w = window.shape[-2:]
     if tile is None or (h <= tile and w <= tile):
         return model(window)
-    if tile < 8:
-        raise ValueError(f"tile must be at least 8 px (or None for whole frames), got {tile}")
-    if not 0 <= overlap <= tile // 2:
-        raise ValueError(f"tile overlap must be in [0, tile/2] = [0, {tile // 2}], got {overlap}")
+    check_tiles(tile, overlap)
     ys, xs = _starts(h, tile, overlap), _starts(w, tile, overlap)
     out = weight = None
     for y in ys:
@@ -92,11 +92,23 @@ def tiled_forward(model: Callable[[Tensor], Tensor], window: Tensor, tile: int |
     return out / weight
 
 
+def check_tiles(tile: int | None, overlap: int) -> None:
+    """A :class:`ConfigError` for a tile size or overlap that cannot work (``tile=None``: whole frames)."""
+    if tile is None:
+        return
+    if tile < 8:
+        raise ConfigError(f"tile must be at least 8 px (or 0/None for whole frames), got {tile}: raise --tile")
+    if not 0 <= overlap <= tile // 2:
+        raise ConfigError(f"tile overlap must be in [0, tile/2] = [0, {tile // 2}], got {overlap}: "
+                          "change --tile-overlap")
+
+
 class TiledModel(nn.Module):
     """A model wrapped so that every call is tiled (for ``evaluate_folder`` and friends)."""
 
     def __init__(self, model: nn.Module, tile: int | None = 256, overlap: int = 16):
         super().__init__()
+        check_tiles(tile, overlap)
         self.model, self.tile, self.overlap = model, tile, overlap
 
     def forward(self, window: Tensor) -> Tensor:
@@ -168,18 +180,19 @@ class Derainer:
 
     def __init__(self, model: nn.Module, frames: int, device: str | torch.device = "cpu", tile: int | None = 256,
                  overlap: int = 16, progress: bool = True):
-        from nas_restore.device import resolve_device
-
+        check_tiles(tile, overlap)
         self.device = resolve_device(str(device))
         self.model = model.to(self.device).eval()
         self.frames, self.tile, self.overlap, self.progress = int(frames), tile, overlap, progress
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, **kwargs) -> "Derainer":
-        from nas_restore.build import load_trained
-
         model, genotype = load_trained(path)
         return cls(model, int(genotype.space_config.get("frames", 1)), **kwargs)
+
+    def as_module(self) -> nn.Module:
+        """The model as one module that tiles every call (when ``tile`` is set), e.g. for ``evaluate_folder``."""
+        return TiledModel(self.model, self.tile, self.overlap) if self.tile else self.model
 
     @torch.no_grad()
     def run_window(self, window: list[np.ndarray]) -> np.ndarray:
@@ -248,7 +261,7 @@ class Derainer:
         """
         source, out_dir = Path(source), Path(out_dir)
         if mode not in ("auto", "images", "frames"):
-            raise ValueError(f"derain mode must be auto, images or frames, got {mode!r}")
+            raise ConfigError(f"derain mode must be auto, images or frames, got {mode!r}")
         if not source.exists():
             raise DataError(f"derain input not found: {source}")
         if source.resolve() == out_dir.resolve():
@@ -314,7 +327,7 @@ def before_after_figure(pairs: list[tuple[Path | np.ndarray, Path | np.ndarray]]
 def figure_of_result(result: DerainResult, path: str | Path, count: int = 3) -> Path:
     """``count`` evenly spaced (input, output) pairs of a frame/image run as a before/after figure."""
     if result.mode == "video":
-        raise ValueError("a figure needs image outputs: derain a folder of frames (or images), not a video file")
+        raise ConfigError("a figure needs image outputs: derain a folder of frames (or images), not a video file")
     n = len(result.outputs)
     picks = sorted({round(i * (n - 1) / max(count - 1, 1)) for i in range(min(count, n))})
     return before_after_figure([(result.inputs[i], result.outputs[i]) for i in picks], path,
@@ -325,8 +338,6 @@ def real_rain_figure(derainer: "Derainer", folder: str | Path, path: str | Path,
                      indices: list[int] | None = None, label: str | None = None) -> Path:
     """Before/after figure of ``count`` evenly spaced frames of a rainy frame folder (no targets needed,
     e.g. NTURain's real clips), each derained from its own sliding window; only those frames are run."""
-    from nas_restore.data.folders import window_indices
-
     paths = list_images(Path(folder))
     if not paths:
         raise DataError(f"no frames in {folder}")
@@ -343,5 +354,5 @@ def real_rain_figure(derainer: "Derainer", folder: str | Path, path: str | Path,
     return before_after_figure(pairs, path, labels=names)
 
 
-__all__ = ["real_rain_figure", "tiled_forward", "TiledModel", "sliding_windows", "Derainer", "DerainResult", "before_after_figure",
-           "figure_of_result", "VIDEO_SUFFIXES"]
+__all__ = ["real_rain_figure", "tiled_forward", "check_tiles", "TiledModel", "sliding_windows", "Derainer",
+           "DerainResult", "before_after_figure", "figure_of_result", "VIDEO_SUFFIXES"]

@@ -30,6 +30,9 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 ArrayLike = Union[np.ndarray, torch.Tensor]
 
 # MATLAB rgb2ycbcr (BT.601) luma row, for R, G, B in [0, 1] -> Y on [0, 255]
+# PSNR of an exact reconstruction is infinite: training logs, search scores and study means cap it here so
+# that averages stay finite (a file's own evaluation reports inf, as it is).
+MAX_PSNR = 100.0
 _Y_COEFFS = np.array([65.481, 128.553, 24.966], dtype=np.float64)
 _Y_OFFSET = 16.0
 # Gaussian SSIM window of MATLAB / BasicSR: sigma 1.5, truncated to 11x11 by scikit-image

@@ -15,7 +15,6 @@ then writes ``trials.csv``, ``anytime.csv`` and, with a cost objective, ``pareto
 
 from __future__ import annotations
 
-import csv
 import gc
 import json
 import logging
@@ -32,12 +31,13 @@ from typing import Any, Sequence
 import torch
 from torch.utils.data import DataLoader
 
+from nas_restore.config import ConfigError
 from nas_restore.device import lightning_accelerator
 from nas_restore.nni_layer import ChoiceSpace, decode_choices, space_choices
 from nas_restore.nni_layer.runner import nni_trial_id, report_final_metric, run_multitrial_experiment
 from nas_restore.profiling import count_flops, count_parameters, input_shape, measure_latency
-from nas_restore.run_records import (ANYTIME, JOB_FILE, PARETO, PARETO_COLUMNS, TRIALS, TRIALS_DIR, write_trial_anytime,
-                                     write_trials)
+from nas_restore.run_records import (ANYTIME, JOB_FILE, NNI_DIR, PARETO, TRIALS, TRIALS_DIR, write_pareto,
+                                     write_trial_anytime, write_trials)
 from nas_restore.seeding import seed_everything
 from nas_restore.training import OptimConfig, RestorationModule, _quiet_lightning
 from search_spaces import find_space
@@ -53,7 +53,7 @@ def cost_objective(objectives: Sequence[str]) -> str | None:
     objectives = [str(o).strip().lower() for o in objectives]
     if not objectives or objectives[0] != "psnr" or len(objectives) > 2 or \
             (len(objectives) == 2 and objectives[1] not in COST_OBJECTIVES):
-        raise ValueError(f"objectives {objectives} not understood: give ['psnr'] or ['psnr', X] with X one of "
+        raise ConfigError(f"objectives {objectives} not understood: give ['psnr'] or ['psnr', X] with X one of "
                          f"{', '.join(COST_OBJECTIVES)} (CLI: --objectives psnr,params)")
     return objectives[1] if len(objectives) == 2 else None
 
@@ -272,7 +272,7 @@ def run_multitrial(ctx: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     records: list[dict[str, Any]] = []
     try:
         engine, records = run_multitrial_experiment(
-            ChoiceSpace(choices), run_trial, arguments, strategy, run_dir / "nni", max_trials=config.max_trials,
+            ChoiceSpace(choices), run_trial, arguments, strategy, run_dir / NNI_DIR, max_trials=config.max_trials,
             max_seconds=remaining, parallel=config.parallel, training_service=config.training_service)
     finally:
         rows = collect_trials(trials_dir, started_wall)
@@ -307,7 +307,7 @@ def _choose(rows: list[dict[str, Any]], cost: str | None, config: Any, engine: s
     else:
         column = COST_COLUMNS[cost]
         front = [done[i] for i in pareto_front([(r["val_psnr"], r.get(column, math.nan)) for r in done])]
-        write_pareto(front, cost, run_dir / PARETO)
+        write_pareto(front, cost, COST_COLUMNS[cost], run_dir / PARETO)
         candidates = front or done
         best = max(candidates, key=lambda r: (r["val_psnr"], -_num(r.get(column)), -r["trial"]))
         metadata["pareto"] = [{"trial": r["trial"], "genotype_id": r["genotype_id"], "val_psnr": r["val_psnr"],
@@ -357,13 +357,3 @@ def rows_from_nni(records: list[dict[str, Any]], multiples: dict[str, dict[str, 
                      "start_s": math.nan, "end_s": math.nan, "nni_trial": "",
                      "error": "" if ok else f"NNI status {record['status']} (see the NNI trial logs)"})
     return rows
-
-
-def write_pareto(front: list[dict[str, Any]], cost: str, path: Path) -> None:
-    with path.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(PARETO_COLUMNS))
-        writer.writeheader()
-        for row in front:
-            writer.writerow({"trial": row["trial"], "genotype_id": row["genotype_id"], "val_psnr": row["val_psnr"],
-                             "objective": cost, "cost": row.get(COST_COLUMNS[cost]),
-                             "arch": json.dumps(row["arch"], sort_keys=True)})

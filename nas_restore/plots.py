@@ -7,16 +7,19 @@ saves one PNG; matplotlib runs headless (Agg).
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from nas_restore.multitrial import pareto_front
+
 log = logging.getLogger(__name__)
 
 
 def _pyplot():
-    import matplotlib
+    import matplotlib  # optional and slow to import: only when a figure is drawn
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -28,17 +31,6 @@ def _colours(names: list[str]) -> dict[str, object]:
     plt = _pyplot()
     cmap = plt.get_cmap("tab10")
     return {name: cmap(i % 10) for i, name in enumerate(names)}
-
-
-def pareto_front(params: np.ndarray, psnr: np.ndarray) -> np.ndarray:
-    """Indices of the points no other point beats on both (fewer parameters, higher PSNR), by params."""
-    order = np.lexsort((-psnr, params))
-    front, best = [], -np.inf
-    for i in order:
-        if psnr[i] > best:
-            front.append(i)
-            best = psnr[i]
-    return np.asarray(front, dtype=int)
 
 
 def step_on_grid(cost: np.ndarray, best: np.ndarray, grid: np.ndarray) -> np.ndarray:
@@ -90,8 +82,6 @@ class _quiet_nan_warnings:
     """All-NaN columns (before a run's first result) are expected; numpy's warning about them is not news."""
 
     def __enter__(self):
-        import warnings
-
         self._ctx = warnings.catch_warnings()
         self._ctx.__enter__()
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -112,7 +102,7 @@ def pareto_plot(results: pd.DataFrame, path: Path, psnr_input: float | None = No
         ax.scatter(sub["params"].astype(float), sub["psnr"].astype(float), color=colours[name], label=name, s=30,
                    alpha=0.85)
     params, psnr = done["params"].to_numpy(float), done["psnr"].to_numpy(float)
-    front = pareto_front(params, psnr)
+    front = np.asarray(pareto_front(list(zip(psnr, params))), dtype=int)  # by parameters, equal points kept
     ax.step(params[front], psnr[front], where="post", color="black", linewidth=1, linestyle="--",
             label="Pareto front")
     if psnr_input is not None:
@@ -165,4 +155,4 @@ def compare_plots(results: pd.DataFrame, out: Path, curves: dict[str, list[pd.Da
     return [p for p in written if p is not None]
 
 
-__all__ = ["pareto_front", "step_on_grid", "anytime_plot", "pareto_plot", "box_plot", "compare_plots"]
+__all__ = ["step_on_grid", "anytime_plot", "pareto_plot", "box_plot", "compare_plots"]

@@ -27,15 +27,23 @@ from typing import Any, Callable
 import pandas as pd
 
 from nas_restore import config as cfg
-from nas_restore.compare import HeldOutConfig
+from nas_restore.build import load_trained
+from nas_restore.data.folders import SPLITS_FILE, DataError, read_splits
 from nas_restore.datasets import DataConfig
+from nas_restore.device import resolve_device
+from nas_restore.evaluation import evaluate_folder
 from nas_restore.genotype import Genotype
-from nas_restore.report_common import (fmt, fmt_count, machine_info, machine_line, markdown_table,
-                                       read_json, record_outcome, write_json)
-from nas_restore.seeding import seed_everything
+from nas_restore.profiling import count_flops, count_parameters, input_shape, measure_latency
+from nas_restore.report_common import fmt, fmt_count, markdown_table
 from nas_restore.retraining import RetrainRunConfig, run_retrain
+from nas_restore.run_records import GENOTYPE
+from nas_restore.seeding import seed_everything
 from nas_restore.sources import load_genotype, random_count, random_genotypes, source_label, space_genotype
+from nas_restore.study import (HeldOutConfig, changed_fields, held_out_test, machine_info, machine_section,
+                               protocol_section, read_json, refuse_changed_settings, regenerate_section, run_unit,
+                               write_json)
 from nas_restore.training import RetrainConfig
+from search_spaces import find_space
 from search_spaces.reference import reference_genotype, reference_names
 
 log = logging.getLogger(__name__)
@@ -44,6 +52,8 @@ FORBIDDEN_TRAIN_SPLITS = ("holdout",)
 REFERENCE_SIZES = ("released", "like")
 # the settings of a TMICS reference replaced by the like genotype's under reference_size "like"
 _SIZE_KEYS = ("channels", "frames", "cells_per_branch", "rain_kernels", "fusion_mode")
+# the settings every row depends on: a ranking folder refuses a re-run that changes one (entries may change)
+_RECIPE_KEYS = ("retrain", "eval_data", "eval_split", "test", "profile_size", "device")
 RESULT_COLUMNS = ("rank", "entry", "kind", "status", "genotype_id", "params", "flops", "fps", "latency_ms",
                   "retrain_seconds", "retrain_epochs", "retrain_val_psnr", "psnr", "ssim", "source", "error")
 
@@ -89,8 +99,6 @@ class RankConfig:
 
 def check_data(config: RankConfig) -> None:
     """Refuse training on a holdout split and evaluation data that overlap the training data."""
-    from nas_restore.data.folders import SPLITS_FILE, DataError, read_splits
-
     data = config.retrain.data
     if data.split is not None and data.split.lower() in FORBIDDEN_TRAIN_SPLITS:
         raise DataError(f"refusing to train on the split {data.split!r}: a holdout split is for the final "
@@ -141,8 +149,6 @@ def resize_like(genotype: Genotype, like: Genotype) -> Genotype:
 
     Only references of ``like``'s space are resized (``resolve_entries`` leaves the others, such as the
     ``rescnn`` baseline, at their own size)."""
-    from search_spaces import find_space
-
     if genotype.space != like.space:
         raise ValueError(f"reference_size 'like' needs a like genotype of the reference's space ({genotype.space}); "
                          f"the like genotype is of space {like.space!r}: pass --like with a {genotype.space} genotype "
@@ -165,8 +171,6 @@ def resize_like(genotype: Genotype, like: Genotype) -> Genotype:
 def _frames_like(genotype: Genotype, like: Genotype) -> Genotype:
     """A baseline of another space (e.g. rescnn) taking as many input frames as ``like`` does, so that
     every row reads the same data; only spaces without architecture choices are rebuilt."""
-    from search_spaces import find_space
-
     frames = like.space_config.get("frames")
     if frames is None or genotype.space_config.get("frames") == frames or genotype.cells:
         return genotype
@@ -235,28 +239,19 @@ def resolve_entries(items: list[str], config: RankConfig) -> list[Entry]:
 # running
 
 
-def _eval_data(config: RankConfig, out: Path) -> tuple[Path, str | None]:
+def _eval_data(config: RankConfig, out: Path) -> tuple[Path, str | None, dict[str, Any]]:
+    """The evaluation data (folder, split) and the rainy input's scores on it (``psnr``, ``ssim``, ``count``,
+    ``protocol``): the given folder, or the synthetic held-out clips written once into ``out``."""
     if config.eval_data is not None:
-        return Path(config.eval_data), config.eval_split
-    from nas_restore.data.synthetic import write_synthetic_folder
-
-    folder = out / "data" / "test"
-    record = read_json(out / "data" / "test.json")
-    if record != cfg.to_dict(config.test) or not folder.is_dir():
-        t = config.test
-        write_synthetic_folder(folder, kind="video", count=t.clips, frames_per_clip=t.frames_per_clip, size=t.size,
-                               rain_types=list(t.rain_types), seed=t.seed)
-        write_json(out / "data" / "test.json", cfg.to_dict(config.test))
-    return folder, None
+        root = Path(config.eval_data)
+        return root, config.eval_split, evaluate_folder(root, None, split=config.eval_split, progress=False).summary
+    folder, record = held_out_test(config.test, out)
+    return folder, None, {"psnr": record["psnr_input"], "ssim": record["ssim_input"], "count": record["count"],
+                          "protocol": record["protocol"]}
 
 
 def rank_one(entry: Entry, config: RankConfig, folder: Path, eval_root: Path,
              eval_split: str | None) -> dict[str, Any]:
-    from nas_restore.build import load_trained
-    from nas_restore.device import resolve_device
-    from nas_restore.evaluation import evaluate_folder
-    from nas_restore.profiling import count_flops, count_parameters, input_shape, measure_latency
-
     retrained = read_json(folder / "retrain.json")
     if retrained is None:
         seed_everything(config.retrain.train.seed)  # same seed, same start for every entry (see compare)
@@ -299,36 +294,29 @@ class RankResult:
 def run_rank(items: list[str], config: RankConfig, out_dir: str | Path, command: str | None = None,
              say: Callable[[str], None] = log.info) -> RankResult:
     """Retrain, evaluate and profile every entry into ``out_dir`` (resumable); write results.csv, summary.md."""
-    from nas_restore.evaluation import evaluate_folder
-
     check_data(config)
     entries = resolve_entries(items, config)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _check_same_recipe(out, config)
     cfg.save_yaml(config, out / "rank.yaml")
-    eval_root, eval_split = _eval_data(config, out)
-    scores = evaluate_folder(eval_root, None, split=eval_split, progress=False).summary
+    eval_root, eval_split, scores = _eval_data(config, out)
     rows: list[dict[str, Any]] = [{"entry": "rainy input", "kind": "input", "status": "done", "psnr": scores["psnr"],
                                    "ssim": scores["ssim"], "source": str(eval_root), "error": ""}]
     ran = []
     for k, entry in enumerate(entries, 1):
         folder = out / "entries" / entry.folder_name
-        done = read_json(folder / "done.json")
-        if done is not None:
-            say(f"[{k}/{len(entries)}] {entry.label}: finished earlier, skipped")
-            rows.append(done)
-            continue
-        ran.append(entry.folder_name)
-        folder.mkdir(parents=True, exist_ok=True)
-        entry.genotype.save(folder / "genotype.json")
-        say(f"[{k}/{len(entries)}] {entry.label} ({entry.genotype.genotype_id()}): retrain, evaluate, profile")
         failed_row = {"entry": entry.label, "kind": entry.kind, "status": "failed",
                       "genotype_id": entry.genotype.genotype_id(), "source": entry.source}
-        row = record_outcome(
-            folder, lambda: rank_one(entry, config, folder, eval_root, eval_split), failed_row,
-            lambda r: f"PSNR {r['psnr']:.2f} dB, SSIM {r['ssim']:.4f}, {r['params']} parameters", say)
+        row, worked = run_unit(
+            folder, f"[{k}/{len(entries)}] {entry.label}",
+            f"[{k}/{len(entries)}] {entry.label} ({entry.genotype.genotype_id()}): retrain, evaluate, profile",
+            lambda: rank_one(entry, config, folder, eval_root, eval_split), failed_row,
+            lambda r: f"PSNR {r['psnr']:.2f} dB, SSIM {r['ssim']:.4f}, {r['params']} parameters", say,
+            start=lambda: entry.genotype.save(folder / GENOTYPE))
         rows.append(row)
+        if worked:
+            ran.append(entry.folder_name)
     results = _table(rows)
     results.to_csv(out / "results.csv", index=False)
     summary = write_rank_summary(config, results, scores, eval_root, eval_split, out, command)
@@ -339,13 +327,9 @@ def _check_same_recipe(out: Path, config: RankConfig) -> None:
     previous_path = out / "rank.yaml"
     if not previous_path.exists():
         return
-    previous, current = cfg.load_yaml(previous_path), cfg.to_dict(config)
-    keys = ("retrain", "eval_data", "eval_split", "test", "profile_size", "device")
-    changed = [k for k in keys if previous.get(k) != current.get(k)]
-    if changed:
-        raise ValueError(f"{out} holds a ranking made with other settings ({', '.join(changed)}: not as in "
-                         f"{previous_path}): its rows would not be comparable. Give another --out or the same "
-                         "settings (entries may change)")
+    changed = changed_fields(cfg.load_yaml(previous_path), cfg.to_dict(config), keys=_RECIPE_KEYS)
+    refuse_changed_settings(out, "a ranking", changed, "its rows would not be comparable", "entries may change",
+                            recorded_in=previous_path)
 
 
 def _table(rows: list[dict[str, Any]]) -> pd.DataFrame:
@@ -362,8 +346,6 @@ def _table(rows: list[dict[str, Any]]) -> pd.DataFrame:
 
 def write_rank_summary(config: RankConfig, results: pd.DataFrame, input_scores: dict[str, Any], eval_root: Path,
                        eval_split: str | None, out: Path, command: str | None) -> Path:
-    from nas_restore.device import resolve_device
-
     h, w = config.profile_size
     device = str(resolve_device(config.device))
     mach = machine_info(device)
@@ -395,36 +377,29 @@ def write_rank_summary(config: RankConfig, results: pd.DataFrame, input_scores: 
         "evaluation data only; the input row scores the rainy input itself. Entries: "
         + "; ".join(f"{r.entry} ({r.source})" for r in others.itertuples()) + ".",
         "",
-        "## Protocol",
-        "",
-        f"- training data: {train_text} (validation: {data.val_fraction:.0%} of it for folders, a separate seed "
+    ]
+    lines += protocol_section([
+        f"training data: {train_text} (validation: {data.val_fraction:.0%} of it for folders, a separate seed "
         f"for synthetic data; patches of {data.patch_size} px)",
-        f"- evaluation data: {eval_text}; full frames; {input_scores['count']} items",
-        f"- recipe: {t.epochs} epoch(s), batch {t.batch_size}, Adam lr {t.lr:g} cosine to {t.min_lr:g}, loss L1 "
+        f"evaluation data: {eval_text}; full frames; {input_scores['count']} items",
+        f"recipe: {t.epochs} epoch(s), batch {t.batch_size}, Adam lr {t.lr:g} cosine to {t.min_lr:g}, loss L1 "
         f"{t.loss.l1_weight:g} + SSIM {t.loss.ssim_weight:g}, gradient clip {t.grad_clip}, seed {t.seed}; the model "
         "kept is the best epoch by validation PSNR",
-        f"- metrics: {input_scores['protocol']}",
-        f"- cost: FLOPs of one forward pass (one output frame) at {w}x{h} (2 per multiply-add); frames/s = 1 / median "
+        f"metrics: {input_scores['protocol']}",
+        f"cost: FLOPs of one forward pass (one output frame) at {w}x{h} (2 per multiply-add); frames/s = 1 / median "
         f"of {config.latency_repeats} timed forward passes at {w}x{h}, batch 1, after one warm-up, on {device} with "
         f"{mach['torch_threads']} thread(s)",
-        "- references of the searched space: " + ("at their released size" if config.reference_size == "released"
-                                                   else "rebuilt at the like genotype's size (channels, frames, cells "
-                                                   "per branch, rain kernels)")
+        "references of the searched space: " + ("at their released size" if config.reference_size == "released"
+                                                 else "rebuilt at the like genotype's size (channels, frames, cells "
+                                                 "per branch, rain kernels)")
         + (f"; random entries drawn from the space config of {config.like or 'the first genotype file'}"
            if (results["kind"] == "random").any() else ""),
-        "",
-        "## Machine",
-        "",
-        machine_line(mach),
-        "",
-        "## Regenerate",
-        "",
-        f"    {command or '(run from Python: see rank.yaml)'}",
-        "",
+    ])
+    lines += machine_section(mach)
+    lines += regenerate_section(
+        command, "(run from Python: see rank.yaml)",
         "Re-running resumes: finished entries (entries/*/done.json) are skipped. Per entry: "
-        "`entries/<label>-<id>/` (genotype.json, retrain/, evaluation/per_item.csv). All columns: results.csv.",
-        "",
-    ]
+        "`entries/<label>-<id>/` (genotype.json, retrain/, evaluation/per_item.csv). All columns: results.csv.")
     path = out / "summary.md"
     path.write_text("\n".join(lines))
     return path

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Iterable
 import graphviz
 import networkx as nx
 
+from nas_restore.config import ConfigError
 from nas_restore.graph import OUTPUT_NAME, cell_graph, macro_graph, own_macro_graph
 from nas_restore.ops import op_family
 
@@ -419,7 +420,7 @@ def render_genotype(genotype: Genotype, out_dir: str | Path, formats: Iterable[s
     allowed = set(graphviz.FORMATS) if use_dot else set(MPL_FORMATS)
     bad = [f for f in formats if f not in allowed and f != "gv"]
     if bad:
-        raise ValueError(f"cannot write format(s) {bad}; choose from {', '.join(sorted(allowed))}")
+        raise ConfigError(f"cannot write format(s) {bad}; choose from {', '.join(sorted(allowed))}")
     formats = [f for f in formats if f != "gv"]
     if not genotype.cells and not genotype.macro:
         raise ValueError("the genotype has no cells and no macro choices to draw")
@@ -459,7 +460,7 @@ def render_genotype(genotype: Genotype, out_dir: str | Path, formats: Iterable[s
                         pngs[stem] = data
                     continue
             if fmt not in MPL_FORMATS:
-                raise ValueError(f"without Graphviz 'dot', {fmt!r} cannot be drawn; use one of {MPL_FORMATS}")
+                raise ConfigError(f"without Graphviz 'dot', {fmt!r} cannot be drawn; use one of {MPL_FORMATS}")
             _save_matplotlib(graph, path, title)
             result.paths.append(path)
 
@@ -596,7 +597,7 @@ def render_diff(diff: GenotypeDiff, out_dir: str | Path, formats: Iterable[str] 
         _note_no_dot(result)
     bad = [f for f in formats if f not in (set(graphviz.FORMATS) if use_dot else set(MPL_FORMATS))]
     if bad:
-        raise ValueError(f"cannot write format(s) {bad}; choose from "
+        raise ConfigError(f"cannot write format(s) {bad}; choose from "
                          f"{', '.join(sorted(graphviz.FORMATS if use_dot else MPL_FORMATS))}")
     macro = "; ".join(f"{k}: A {a} / B {b}" for k, (a, b) in diff.macro.items()) or "same macro"
     summary = out_dir / "diff.txt"
@@ -624,7 +625,7 @@ def render_diff(diff: GenotypeDiff, out_dir: str | Path, formats: Iterable[str] 
                     result.dot_available = False
                     _note_no_dot(result)
             if fmt not in MPL_FORMATS:
-                raise ValueError(f"without Graphviz 'dot', {fmt!r} cannot be drawn; use one of {MPL_FORMATS}")
+                raise ConfigError(f"without Graphviz 'dot', {fmt!r} cannot be drawn; use one of {MPL_FORMATS}")
             _save_matplotlib(graph, path, title)
             result.paths.append(path)
     logger.info("rendered the difference of %s and %s into %s", diff.a_label, diff.b_label, out_dir)

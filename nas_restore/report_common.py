@@ -1,100 +1,14 @@
-"""What `compare` and `rank` share: stage records that make them resumable, the machine line, tables.
+"""How reports write figures: numbers, counts, mean ± std, Markdown tables, the command line to regenerate.
 
-A run folder's finished stages are small JSON files (``search.json``, ``retrain.json``, ``done.json``,
-``failed.json``) written atomically, so a run killed at any moment leaves either a whole record or
-none, and a re-run knows exactly what is left to do.
+The study machinery (records, resume, the held-out test set, summary sections) is :mod:`nas_restore.study`.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import platform
 import shlex
 import sys
-import time
-import traceback
-from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
-
-
-def write_json(path: Path, data: Any) -> Path:
-    """Write ``data`` as JSON through a temporary file and a rename (never a half-written record)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-    return path
-
-
-def read_json(path: Path) -> Any | None:
-    """The record at ``path``, or None when there is none (or it cannot be read: the stage is redone)."""
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-
-
-def record_outcome(folder: Path, work: Callable[[], dict[str, Any]], failed_row: dict[str, Any],
-                   describe: Callable[[dict[str, Any]], str], say: Callable[[str], None],
-                   failed_note: str = "") -> dict[str, Any]:
-    """Run one unit of a report (a compare run, a rank entry) and record how it ended in ``folder``.
-
-    Success: ``done.json`` holds the row (a re-run skips the unit). Failure: ``failed.json`` holds
-    ``failed_row`` plus the error, ``error.log`` the traceback, and the caller goes on with the others.
-    """
-    started = time.perf_counter()
-    try:
-        row = work()
-    except Exception as err:  # noqa: BLE001  (one failed unit must not stop the report)
-        message = f"{type(err).__name__}: {err}"
-        (folder / "error.log").write_text(traceback.format_exc())
-        row = {**failed_row, "error": message}
-        write_json(folder / "failed.json", row)
-        say(f"      failed ({message}); details in {folder / 'error.log'}{failed_note}")
-        return row
-    write_json(folder / "done.json", row)
-    (folder / "failed.json").unlink(missing_ok=True)
-    say(f"      {describe(row)} ({time.perf_counter() - started:.0f} s)")
-    return row
-
-
-def cpu_model() -> str:
-    """The CPU's model name (Linux /proc/cpuinfo; platform.processor() elsewhere)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine_info(device: str = "cpu") -> dict[str, Any]:
-    """Where figures were taken: timings mean nothing without the machine and its load."""
-    import torch
-
-    try:
-        load = [round(x, 2) for x in os.getloadavg()]
-    except OSError:  # pragma: no cover  (not on Windows)
-        load = []
-    info: dict[str, Any] = {
-        "cpu": cpu_model(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
-        "device": device, "load_average": load, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-    }
-    if device.startswith("cuda") and torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
-    return info
-
-
-def machine_line(info: dict[str, Any]) -> str:
-    load = ", ".join(f"{x:g}" for x in info.get("load_average", [])) or "n/a"
-    gpu = f", GPU {info['gpu']}" if info.get("gpu") else ""
-    return (f"{info['cpu']} ({info['cpu_count']} logical CPUs), torch {info['torch']} with "
-            f"{info['torch_threads']} thread(s), Python {info['python']}, device {info['device']}{gpu}; "
-            f"load average {load} (1/5/15 min) at the time of writing, {info['date']}")
+from typing import Any, Iterable, Sequence
 
 
 def command_line(argv: Sequence[str] | None = None) -> str:
@@ -140,5 +54,4 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["write_json", "read_json", "cpu_model", "machine_info", "machine_line", "command_line", "fmt",
-           "fmt_count", "mean_std", "markdown_table"]
+__all__ = ["command_line", "fmt", "fmt_count", "mean_std", "markdown_table"]

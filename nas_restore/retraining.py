@@ -11,10 +11,11 @@ from torch.utils.data import Dataset
 
 from nas_restore import config as cfg
 from nas_restore.build import build_model
-from nas_restore.datasets import DataConfig, train_val_datasets
+from nas_restore.datasets import DataConfig, synthetic_split, train_val_datasets
 from nas_restore.genotype import Genotype, GenotypeError
-from nas_restore.sources import load_genotype
 from nas_restore.seeding import seed_everything
+from nas_restore.sources import load_genotype
+from nas_restore.temporal import TemporalPairs
 from nas_restore.training import RetrainConfig, RetrainResult, retrain
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,9 @@ class RetrainRunConfig:
 def run_retrain(genotype: Genotype | str | Path, config: RetrainRunConfig, out_dir: str | Path) -> RetrainResult:
     """Build the genotype's network, train it from scratch, write ``out_dir`` (resumable)."""
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise cfg.ConfigError(f"--out {out_dir} is a file: give a folder for the retraining's model.pt, "
+                              "checkpoints and metrics")
     if not isinstance(genotype, Genotype):
         genotype = load_genotype(genotype)
     _refuse_foreign_run(out_dir, genotype)
@@ -60,9 +64,6 @@ def temporal_training_data(data: DataConfig, frames: int, seed: int, train_data:
     Synthetic: the same train split drawn with ``frames + 2`` frames per clip window; a folder of clips:
     its training subset, read as (t-1, t) pairs. Image pairs have no previous frame: a DataError.
     """
-    from nas_restore.datasets import synthetic_split
-    from nas_restore.temporal import TemporalPairs
-
     if data.folder is None:
         return TemporalPairs(synthetic_split(data, frames + 2, "train", seed), frames)
     return TemporalPairs(train_data, frames, patch_size=data.patch_size, augment=True, seed=seed)

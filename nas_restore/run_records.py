@@ -15,6 +15,7 @@ and columns here means one place to look up (or change) the layout:
 ``trials.csv``     one row per trial (multi-trial), :data:`TRIAL_COLUMNS`
 ``pareto.csv``     the PSNR/cost Pareto front (multi-objective), :data:`PARETO_COLUMNS`
 ``trials/``        per-trial records written by the trial processes
+``nni/``           NNI's own experiment folder
 =================  ==========================================================================
 """
 
@@ -40,6 +41,7 @@ TRIALS = "trials.csv"
 PARETO = "pareto.csv"
 TRIALS_DIR = "trials"
 JOB_FILE = "multitrial_job.pkl"
+NNI_DIR = "nni"
 
 ALPHA_COLUMNS = ("step", "epoch", "label", "choice", "weight")
 METRIC_COLUMNS = ("epoch", "train_loss", "val_psnr")  # the columns `render` needs; searches write more
@@ -91,6 +93,17 @@ def write_trials(rows: list[dict[str, Any]], path: Path) -> None:
         writer.writeheader()
         for row in rows:
             writer.writerow({**row, "arch": json.dumps(row["arch"], sort_keys=True)})
+
+
+def write_pareto(front: list[dict[str, Any]], objective: str, cost_column: str, path: Path) -> None:
+    """pareto.csv: the trials on the PSNR/cost front, with the cost read from each row's ``cost_column``."""
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(PARETO_COLUMNS))
+        writer.writeheader()
+        for row in front:
+            writer.writerow({"trial": row["trial"], "genotype_id": row["genotype_id"], "val_psnr": row["val_psnr"],
+                             "objective": objective, "cost": row.get(cost_column),
+                             "arch": json.dumps(row["arch"], sort_keys=True)})
 
 
 def load_alphas(path: str | Path) -> pd.DataFrame:

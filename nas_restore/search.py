@@ -1,10 +1,8 @@
 """Running a search: data, space, strategy and evaluator in, a run folder with a genotype out.
 
-A run folder (``runs/<name>/``) holds the resolved ``config.yaml``, ``search.log``,
-``genotype.json``, the architecture-weight history ``alphas.csv`` (softmaxed, with DARTS's "none"
-slot), the genotype derived after every epoch (``derived.jsonl``, with its skip edges per cell), the
-supernet's per-epoch metrics ``metrics.csv``, what the skip guard did (``guard.json``, one-shot runs)
-and NNI's own experiment folder ``nni/``.
+One-shot strategies train a supernet here (:func:`_run_one_shot`); multi-trial strategies train one
+network per trial (:mod:`nas_restore.multitrial`). What the run folder holds, file by file, is
+:mod:`nas_restore.run_records`'s to say.
 """
 
 from __future__ import annotations
@@ -21,16 +19,17 @@ import torch
 from torch.utils.data import DataLoader
 
 from nas_restore import config as cfg
+from nas_restore.config import ConfigError
 from nas_restore.datasets import DataConfig, train_val_datasets
 from nas_restore.device import lightning_accelerator, resolve_device
 from nas_restore.genotype import Genotype
 from nas_restore.losses import LossConfig
-from nas_restore.metrics import psnr_torch
+from nas_restore.metrics import MAX_PSNR, psnr_torch
 from nas_restore.multitrial import run_multitrial
 from nas_restore.nni_layer import labelled_alphas
 from nas_restore.nni_layer.runner import make_lightning_evaluator, make_search_module, run_oneshot
 from nas_restore.run_records import (ALPHAS, ALPHA_COLUMNS, ANYTIME, CONFIG, DERIVED, GENOTYPE, GUARD, LOG, METRICS,
-                                     write_anytime)
+                                     NNI_DIR, write_anytime)
 from nas_restore.seeding import seed_everything
 from search_spaces import find_space
 from strategies import find_strategy
@@ -164,7 +163,7 @@ def _history_callback(history: AlphaHistory, val_loader: DataLoader):
             with torch.no_grad():
                 for frames, target in val_loader:
                     frames, target = frames.to(pl_module.device), target.to(pl_module.device)
-                    scores.append(psnr_torch(pl_module(frames).clamp(0, 1), target, y_channel=False, max_db=100.0))
+                    scores.append(psnr_torch(pl_module(frames).clamp(0, 1), target, y_channel=False, max_db=MAX_PSNR))
             pl_module.train(was_training)
             loss = trainer.callback_metrics.get("train_loss_epoch", trainer.callback_metrics.get("train_loss"))
             history.record_epoch({"epoch": epoch, "train_loss": float(loss) if loss is not None else float("nan"),
@@ -194,7 +193,7 @@ def run_search(config: SearchConfig, run_dir: str | Path) -> SearchResult:
         strategy_spec = find_strategy(config.strategy)
         space_config = space_spec.config(config.preset, **config.space_settings)
         if strategy_spec.one_shot and list(config.objectives) != ["psnr"]:
-            raise ValueError(f"objectives {config.objectives} need a multi-trial strategy (evolution, random, tpe): "
+            raise ConfigError(f"objectives {config.objectives} need a multi-trial strategy (evolution, random, tpe): "
                              f"{config.strategy!r} trains one supernet and scores no single network's cost; "
                              "drop --objectives or pick a multi-trial strategy")
         cfg.save_yaml({**cfg.to_dict(config), "resolved_space": space_config.to_dict()}, run_dir / CONFIG)
@@ -205,7 +204,7 @@ def run_search(config: SearchConfig, run_dir: str | Path) -> SearchResult:
                  device, len(train_data), len(val_data))
         for name, data in (("train", train_data), ("validation", val_data)):
             if len(data) < config.batch_size:
-                raise ValueError(f"the {name} split has {len(data)} item(s), fewer than batch_size="
+                raise ConfigError(f"the {name} split has {len(data)} item(s), fewer than batch_size="
                                  f"{config.batch_size}: lower --batch-size or give more data")
         context = SearchContext(config=config, run_dir=run_dir, space_spec=space_spec, space_config=space_config,
                                 strategy_spec=strategy_spec, device=device, train_data=train_data,
@@ -282,7 +281,7 @@ def _run_one_shot(ctx: SearchContext) -> tuple[dict[str, Any], dict[str, Any]]:
     evaluator = make_lightning_evaluator(module, trainer_kwargs, train_loader, val_loader)
     space = ctx.space_spec.make_space(ctx.space_config)
     strategy = ctx.strategy_spec.build(config.strategy_options)
-    arch = run_oneshot(space, evaluator, strategy, run_dir / "nni")
+    arch = run_oneshot(space, evaluator, strategy, run_dir / NNI_DIR)
     arch, guard = _guard_skips(arch, strategy, guard_config, guard)
     (run_dir / GUARD).write_text(json.dumps(guard.to_dict(), indent=2))
     metrics = history.epochs

@@ -29,13 +29,12 @@ from torch.utils.data import DataLoader, Dataset
 from nas_restore.build import save_weights
 from nas_restore.device import lightning_accelerator, resolve_device
 from nas_restore.losses import LossConfig, RestorationLoss, ssim_torch
-from nas_restore.metrics import psnr_torch
+from nas_restore.metrics import MAX_PSNR, psnr_torch
 from nas_restore.seeding import seed_everything
 
 log = logging.getLogger(__name__)
 
 METRICS_COLUMNS = ("epoch", "train_loss", "val_loss", "val_psnr", "val_ssim", "lr", "seconds")
-MAX_PSNR = 100.0  # PSNR of an exact reconstruction is infinite; cap it so that means stay finite.
 
 
 @dataclass

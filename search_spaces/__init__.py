@@ -56,7 +56,10 @@ class SpaceSpec:
         values: dict[str, Any] = {}
         if preset is not None:
             if preset not in self.presets:
-                raise ValueError(f"space {self.name!r} has no preset {preset!r}; presets: {', '.join(self.presets)}")
+                close = did_you_mean(preset, self.presets)
+                hint = f" (did you mean {', '.join(close)}?)" if close else ""
+                raise ConfigError(f"space {self.name!r} has no preset {preset!r}; presets: {', '.join(self.presets)}"
+                                  + hint)
             values.update(self.presets[preset])
         values.update(overrides)
         return self.config_class.from_dict(values)

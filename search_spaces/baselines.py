@@ -34,9 +34,7 @@ class ResCNNConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ResCNNConfig":
-        config = from_dict(cls, data, "space")
-        config.validate()
-        return config
+        return from_dict(cls, data, "space")  # runs validate() too
 
     def validate(self) -> None:
         if self.frames < 1 or self.frames % 2 == 0:

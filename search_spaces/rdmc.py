@@ -65,9 +65,7 @@ class RDMCConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RDMCConfig":
-        config = from_dict(cls, data, "space")
-        config.validate()
-        return config
+        return from_dict(cls, data, "space")  # runs validate() too
 
     def validate(self) -> None:
         if self.frames != 1:

@@ -62,9 +62,7 @@ class RRGNetConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RRGNetConfig":
-        config = from_dict(cls, data, "space")
-        config.validate()
-        return config
+        return from_dict(cls, data, "space")  # runs validate() too
 
     def validate(self) -> None:
         if self.frames < 3 or self.frames % 2 == 0:

@@ -74,9 +74,7 @@ class TMICSConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TMICSConfig":
-        config = from_dict(cls, data, "space")
-        config.validate()
-        return config
+        return from_dict(cls, data, "space")  # runs validate() too
 
     def validate(self) -> None:
         if self.frames < 1 or self.frames % 2 == 0:

@@ -150,3 +150,29 @@ def test_search_flags_reach_the_run_config(capsys, tmp_path):
     assert saved["strategy_options"] == {"seed": 3} and saved["skip_cap"] is None
     assert saved["max_trials"] == 2 and saved["objectives"] == ["psnr", "params"]
     assert (tmp_path / "run" / "pareto.csv").is_file()
+
+
+@pytest.mark.parametrize("kind", ["search", "retrain", "compare", "rank", "continual"])
+def test_config_prints_the_defaults_as_yaml_that_load_back(capsys, tmp_path, kind):
+    """`nas-restore config KIND > FILE` writes a file that the command's --config loader reads as the defaults."""
+    from nas_restore import config as cfg
+    from nas_restore.cli import config_class
+
+    code, out, _ = run(capsys, "config", kind)
+    assert code == 0 and out.startswith(f"# nas-restore {kind} --config FILE")
+    assert run(capsys, "config", kind, "--print")[1] == out   # --print: an alias
+    path = tmp_path / f"{kind}.yaml"
+    path.write_text(out)
+    cls = config_class(kind)
+    loaded = cfg.from_dict(cls, cfg.load_yaml(path, kind), kind)
+    assert loaded == cls()
+    assert cfg.to_dict(loaded) == cfg.to_dict(cls())
+
+
+def test_config_file_from_the_config_command_drives_a_search(capsys, tmp_path):
+    """The printed defaults, edited, run through `search --config` (a typo'd strategy stops it before any work)."""
+    code, out, _ = run(capsys, "config", "search")
+    path = tmp_path / "search.yaml"
+    path.write_text(out.replace("strategy: darts", "strategy: gdarts"))
+    code, _, err = run(capsys, "search", "--config", str(path), "--out", str(tmp_path / "run"))
+    assert code == 2 and err.startswith("error: unknown strategy 'gdarts'")

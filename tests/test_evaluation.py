@@ -104,3 +104,15 @@ def test_identity_psnr_matches_metric_directly(image_folder):
     frames, target = ds[1]
     row = evaluate_folder(image_folder, progress=False).per_item.iloc[1]
     assert row["name"] == "0002" and row["psnr"] == pytest.approx(psnr(frames[0], target))
+
+
+def test_score_pair_is_the_metrics_protocol_on_one_item():
+    import torch
+
+    from nas_restore.evaluation import score_pair
+    from nas_restore.metrics import psnr, ssim
+
+    target = torch.rand(3, 24, 24)
+    output = (target + 0.05 * torch.randn_like(target)).clamp(0, 1)
+    assert score_pair(output, target) == (psnr(output, target), ssim(output, target))
+    assert score_pair(target, target)[0] == float("inf")

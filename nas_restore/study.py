@@ -1,0 +1,224 @@
+"""What `compare`, `rank` and `continual` share: a study folder that resumes, and the report's common parts.
+
+A study is a folder of units of work (a compare run, a rank entry, a continual stage). Each finished
+unit leaves a small JSON record written atomically (``done.json``; a failed one ``failed.json`` and
+``error.log``), so a study killed at any moment leaves either a whole record or none, and a re-run
+skips the finished units and retries the failed ones. The settings a study was made with are kept
+beside its units, and a re-run with settings that would make the old units incomparable is refused,
+naming the fields that changed.
+
+Also here: the held-out synthetic test clips (written once, from their own seed), and the summary
+sections every report ends with (protocol, machine, regenerate command).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+
+from nas_restore import config as cfg
+from nas_restore.data.synthetic import write_synthetic_folder
+from nas_restore.evaluation import evaluate_folder
+
+DONE = "done.json"
+FAILED = "failed.json"
+ERROR_LOG = "error.log"
+TEST_DIR = Path("data") / "test"
+TEST_RECORD = Path("data") / "test.json"
+
+
+# --------------------------------------------------------------------------------------------------
+# records
+
+
+def write_json(path: Path, data: Any) -> Path:
+    """Write ``data`` as JSON through a temporary file and a rename (never a half-written record)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def read_json(path: Path) -> Any | None:
+    """The record at ``path``, or None when there is none (or it cannot be read: the stage is redone)."""
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def record_outcome(folder: Path, work: Callable[[], dict[str, Any]], failed_row: dict[str, Any],
+                   describe: Callable[[dict[str, Any]], str], say: Callable[[str], None],
+                   failed_note: str = "") -> dict[str, Any]:
+    """Run one unit of a study and record how it ended in ``folder``.
+
+    Success: ``done.json`` holds the row (a re-run skips the unit). Failure: ``failed.json`` holds
+    ``failed_row`` plus the error, ``error.log`` the traceback, and the caller goes on with the others.
+    """
+    started = time.perf_counter()
+    try:
+        row = work()
+    except Exception as err:  # noqa: BLE001  (one failed unit must not stop the study)
+        message = f"{type(err).__name__}: {err}"
+        (folder / ERROR_LOG).write_text(traceback.format_exc())
+        row = {**failed_row, "error": message}
+        write_json(folder / FAILED, row)
+        say(f"      failed ({message}); details in {folder / ERROR_LOG}{failed_note}")
+        return row
+    write_json(folder / DONE, row)
+    (folder / FAILED).unlink(missing_ok=True)
+    say(f"      {describe(row)} ({time.perf_counter() - started:.0f} s)")
+    return row
+
+
+def run_unit(folder: Path, heading: str, announce: str, work: Callable[[], dict[str, Any]],
+             failed_row: dict[str, Any], describe: Callable[[dict[str, Any]], str], say: Callable[[str], None],
+             failed_note: str = "", start: Callable[[], None] | None = None) -> tuple[dict[str, Any], bool]:
+    """One unit of a study, resumed: its ``done.json`` row when it finished earlier (and ``False``), else
+    the row :func:`record_outcome` records after running ``work`` (and ``True``; failed units are retried).
+
+    ``heading`` names the unit in progress lines (``[k/n] label``), ``announce`` is said before it runs;
+    ``start`` runs once the unit's folder exists, before the work (e.g. to save what the unit is of).
+    """
+    done = read_json(folder / DONE)
+    if done is not None:
+        say(f"{heading}: finished earlier, skipped")
+        return done, False
+    folder.mkdir(parents=True, exist_ok=True)
+    if start is not None:
+        start()
+    say(announce)
+    return record_outcome(folder, work, failed_row, describe, say, failed_note), True
+
+
+# --------------------------------------------------------------------------------------------------
+# the settings a study was made with
+
+
+def changed_fields(previous: dict[str, Any], current: dict[str, Any], keys: Sequence[str] | None = None,
+                   ignore: Iterable[str] = ()) -> list[str]:
+    """The fields whose values differ: ``keys`` in their order, or every field of either (sorted)."""
+    ignored = set(ignore)
+    names = list(keys) if keys is not None else sorted(set(previous) | set(current))
+    return [k for k in names if k not in ignored and previous.get(k) != current.get(k)]
+
+
+def refuse_changed_settings(out: Path, what: str, changed: Sequence[str], consequence: str, may_change: str,
+                            recorded_in: Path | None = None, error: type[Exception] = ValueError) -> None:
+    """Raise ``error`` naming the ``changed`` fields when a study folder holds ``what`` made otherwise."""
+    if not changed:
+        return
+    where = f": not as in {recorded_in}" if recorded_in is not None else ""
+    raise error(f"{out} holds {what} made with other settings ({', '.join(changed)}{where}): {consequence}. "
+                f"Give another --out, or the same settings ({may_change})")
+
+
+# --------------------------------------------------------------------------------------------------
+# the held-out test set
+
+
+@dataclass
+class HeldOutConfig:
+    """The synthetic test clips: written once, from a seed no search or retraining draws from."""
+
+    clips: int = 4
+    frames_per_clip: int = 5
+    size: int = 64
+    seed: int = 7_777
+    rain_types: list[str] = field(default_factory=lambda: ["light", "heavy", "slanted", "accumulation"])
+
+    def __post_init__(self) -> None:
+        if self.clips < 1 or self.frames_per_clip < 1 or self.size < 16:
+            raise ValueError("test.clips and test.frames_per_clip must be >= 1 and test.size >= 16")
+
+
+def write_test_clips(test: HeldOutConfig, folder: Path) -> Path:
+    """The held-out synthetic clips of ``test`` written into ``folder`` (the folder writer, salted seeds)."""
+    return write_synthetic_folder(folder, kind="video", count=test.clips, frames_per_clip=test.frames_per_clip,
+                                  size=test.size, rain_types=list(test.rain_types), seed=test.seed)
+
+
+def held_out_test(test: HeldOutConfig, out: Path) -> tuple[Path, dict[str, Any]]:
+    """Write the test clips once (``data/test``) and score the rainy input on them; reused on resume.
+
+    The record (``data/test.json``) holds the clips' settings and the input's ``psnr_input``,
+    ``ssim_input``, ``count`` and ``protocol``."""
+    folder = out / TEST_DIR
+    record_path = out / TEST_RECORD
+    wanted = cfg.to_dict(test)
+    record = read_json(record_path)
+    if record is not None and record.get("config") == wanted and folder.is_dir():
+        return folder, record
+    write_test_clips(test, folder)
+    scores = evaluate_folder(folder, None, progress=False).summary
+    record = {"config": wanted, "psnr_input": scores["psnr"], "ssim_input": scores["ssim"],
+              "count": scores["count"], "protocol": scores["protocol"]}
+    write_json(record_path, record)
+    return folder, record
+
+
+# --------------------------------------------------------------------------------------------------
+# the summary sections every report ends with
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo; platform.processor() elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info(device: str = "cpu") -> dict[str, Any]:
+    """Where figures were taken: timings mean nothing without the machine and its load."""
+    try:
+        load = [round(x, 2) for x in os.getloadavg()]
+    except OSError:  # pragma: no cover  (not on Windows)
+        load = []
+    info: dict[str, Any] = {
+        "cpu": cpu_model(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
+        "device": device, "load_average": load, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+    if device.startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return info
+
+
+def machine_line(info: dict[str, Any]) -> str:
+    load = ", ".join(f"{x:g}" for x in info.get("load_average", [])) or "n/a"
+    gpu = f", GPU {info['gpu']}" if info.get("gpu") else ""
+    return (f"{info['cpu']} ({info['cpu_count']} logical CPUs), torch {info['torch']} with "
+            f"{info['torch_threads']} thread(s), Python {info['python']}, device {info['device']}{gpu}; "
+            f"load average {load} (1/5/15 min) at the time of writing, {info['date']}")
+
+
+def protocol_section(items: Sequence[str]) -> list[str]:
+    """``## Protocol`` with one bullet per item (each item's text without the ``- ``)."""
+    return ["## Protocol", "", *(f"- {item}" for item in items), ""]
+
+
+def machine_section(info: dict[str, Any]) -> list[str]:
+    return ["## Machine", "", machine_line(info), ""]
+
+
+def regenerate_section(command: str | None, fallback: str, resume_note: str) -> list[str]:
+    """``## Regenerate``: the command as typed (``fallback`` when run from Python), then how re-running resumes."""
+    return ["## Regenerate", "", f"    {command or fallback}", "", resume_note, ""]
+
+
+__all__ = ["DONE", "FAILED", "ERROR_LOG", "write_json", "read_json", "record_outcome", "run_unit", "changed_fields",
+           "refuse_changed_settings", "HeldOutConfig", "write_test_clips", "held_out_test", "cpu_model",
+           "machine_info", "machine_line", "protocol_section", "machine_section", "regenerate_section"]

@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
-import time
 from pathlib import Path
 
-import torch
-
 from nas_restore.demo import DemoConfig, run_demo
+from nas_restore.study import machine_info, machine_line
 
 
 def main() -> int:
@@ -30,17 +27,17 @@ def main() -> int:
     args = parser.parse_args()
 
     config = DemoConfig(seed=args.seed, device=args.device, progress=False)
+    load_before = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     summary = run_demo(args.out, config, say=print)
     stages = summary["stage_seconds"]
+    machine = machine_info(args.device)
     lines = [
         "# `nas-restore demo` on this machine",
         "",
         f"Regenerate: `python benchmarks/demo_cpu.py --out {args.out} --report {args.report} --seed {args.seed}"
         f" --device {args.device}`",
         "",
-        f"- machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads), Python {platform.python_version()}, device {args.device}",
-        f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+        f"- machine: {machine_line(machine)} (load taken before the run: {load_before})",
         "- data: built-in synthetic rain on scikit-image photographs (presets "
         f"{', '.join(config.rain_types)}); search and retraining draw from seeds {10_000 * args.seed + 1} "
         f"(train) and {10_000 * args.seed + 2} (val); the held-out test clips from seed {10_000 * args.seed + 7} "

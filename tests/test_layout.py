@@ -54,6 +54,42 @@ def test_no_import_circle_among_the_modules():
     assert graph.has_edge("nas_restore.temporal", "nas_restore.flow")  # the check sees real edges
 
 
+# docs/architecture.md's layers, in data-flow order: a module imports only from its own layer or those above
+LAYERS = {
+    "foundation": ["nas_restore", "nas_restore.errors", "nas_restore.registry", "nas_restore.config",
+                   "nas_restore.seeding", "nas_restore.device"],
+    "measures and operations": ["nas_restore.metrics", "nas_restore.profiling", "nas_restore.ops", "nas_restore.flow"],
+    "data": ["nas_restore.data", "nas_restore.data.folders", "nas_restore.data.synthetic", "nas_restore.datasets"],
+    "losses": ["nas_restore.losses", "nas_restore.contrastive", "nas_restore.temporal"],
+    "genotype format": ["nas_restore.genotype"],
+    "NNI primitives": ["nas_restore.nni_layer", "nas_restore.nni_layer.setup", "nas_restore.nni_layer.space"],
+    "spaces": ["search_spaces", "search_spaces.tmics", "search_spaces.rrgnet", "search_spaces.rdmc",
+               "search_spaces.baselines", "search_spaces.reference"],
+    "strategies": ["strategies", "strategies.differentiable", "strategies.second_order", "strategies.triple_level",
+                   "strategies.multi_trial", "strategies.skip_guard"],
+    "genotype sources and graph": ["nas_restore.sources", "nas_restore.graph"],
+    "build": ["nas_restore.build"],
+    "retrain": ["nas_restore.training", "nas_restore.retraining"],
+    "search": ["nas_restore.nni_layer.runner", "nas_restore.search", "nas_restore.multitrial", "nas_restore.run_records"],
+    "evaluate": ["nas_restore.evaluation", "nas_restore.inference", "nas_restore.export"],
+    "look at a genotype": ["nas_restore.analysis", "nas_restore.render", "nas_restore.render_run"],
+    "studies": ["nas_restore.study", "nas_restore.compare", "nas_restore.rank", "nas_restore.continual",
+                "nas_restore.replay", "nas_restore.plots", "nas_restore.report_common"],
+    "commands": ["nas_restore.cli", "nas_restore.demo"],
+}
+
+
+def test_every_module_imports_only_from_its_layer_or_those_before_it():
+    modules = module_names()
+    order = {m: i for i, names in enumerate(LAYERS.values()) for m in names}
+    layer = list(LAYERS)
+    assert set(modules) == set(order), f"place new modules in a layer: {sorted(set(modules) ^ set(order))}"
+    upward = [f"{m} ({layer[order[m]]}) imports {t} ({layer[order[t]]})"
+              for m, path in sorted(modules.items()) for t in sorted(imported_modules(m, path, modules))
+              if order[t] > order[m]]
+    assert not upward, "imports against the data flow: " + "; ".join(upward)
+
+
 def _imported_after(code: str) -> set[str]:
     out = subprocess.run([sys.executable, "-c", code + "\nimport sys; print(' '.join(sorted(sys.modules)))"],
                          cwd=ROOT, capture_output=True, text=True, check=True).stdout

@@ -24,9 +24,10 @@ def main() -> int:
     parser.add_argument("--report", default="reports/demo_cpu.md")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16", "auto"))
     args = parser.parse_args()
 
-    config = DemoConfig(seed=args.seed, device=args.device, progress=False)
+    config = DemoConfig(seed=args.seed, device=args.device, precision=args.precision, progress=False)
     load_before = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     summary = run_demo(args.out, config, say=print)
     stages = summary["stage_seconds"]
@@ -35,7 +36,7 @@ def main() -> int:
         "# `nas-restore demo` on this machine",
         "",
         f"Regenerate: `python benchmarks/demo_cpu.py --out {args.out} --report {args.report} --seed {args.seed}"
-        f" --device {args.device}`",
+        f" --device {args.device} --precision {args.precision}`",
         "",
         f"- machine: {machine_line(machine)} (load taken before the run: {load_before})",
         "- data: built-in synthetic rain on scikit-image photographs (presets "
@@ -46,6 +47,8 @@ def main() -> int:
         f"{config.search_items} patches of {config.search_patch} px; retrain {config.retrain_epochs} epochs on "
         f"{config.retrain_items} patches of {config.retrain_patch} px; test {config.test_clips} clips x "
         f"{config.test_frames} frames of {config.test_size} px)",
+        f"- precision: {summary.get('precision', args.precision)} (network forward and backward; losses, metrics "
+        "and weights fp32)",
         f"- protocol: {summary['protocol']}",
         "",
         "| | PSNR (dB) | SSIM |",

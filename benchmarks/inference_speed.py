@@ -3,7 +3,7 @@
 Usage:  python benchmarks/inference_speed.py [--demo-run runs/demo] [--genotypes tmics-heavy,tmics-light]
                                              [--repeats 2] [--warmup 1] [--height 480 --width 640]
                                              [--train-patch 64 --train-batch 2] [--threads N] [--device cpu]
-                                             [--report reports/inference_speed_cpu.md]
+                                             [--precision fp32,bf16] [--report reports/inference_speed_cpu.md]
 
 Rows: the demo's genotype (when ``--demo-run`` names a demo run folder) and each ``--genotypes`` entry
 (a reference name such as ``tmics-heavy``, or a genotype.json / run folder), built with
@@ -18,6 +18,12 @@ Inference: one [1, T, 3, H, W] window per output frame, full frame (no tiles), `
 multiply-add, see nas_restore.profiling), then ``--repeats`` timed passes: frames per second = 1 / median.
 Training step: forward + backward of the default L1 + SSIM loss and an Adam step on a random batch of
 ``--train-batch`` windows of ``--train-patch`` px, median of ``--repeats`` after one warm-up step.
+
+``--precision fp32,bf16`` gives one row per network and precision (``nas_restore.precision``: bf16 runs
+the network under autocast with channels_last weights and fp32 outputs, the training loss in fp32).
+Achieved GFLOP/s = FLOPs / seconds per frame; the report states the machine's peak, one 96->96 3x3
+conv in each precision (``nas_restore.profiling.conv_peak``, measured at the start), and each row's
+fraction of the peak of its precision.
 """
 
 from __future__ import annotations
@@ -63,8 +69,10 @@ def _find_genotype(spec: str):
 
 
 def measure(spec: str, args: argparse.Namespace) -> dict[str, Any]:
-    """One row, in this process."""
+    """One row (one network in one precision), in this process."""
     import torch
+
+    from nas_restore.precision import resolve_precision
 
     from nas_restore.build import build_model
     from nas_restore.device import resolve_device
@@ -76,8 +84,10 @@ def measure(spec: str, args: argparse.Namespace) -> dict[str, Any]:
     device = resolve_device(args.device)
     genotype = _find_genotype(spec)
     frames = int(genotype.space_config.get("frames", 1))
+    precision = resolve_precision(args.child_precision, device)
     base_rss = _rss_now()
     model = build_model(genotype).to(device).eval()
+    net = precision.wrap(model)  # the network itself for fp32; autocast + channels_last weights otherwise
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -90,14 +100,14 @@ def measure(spec: str, args: argparse.Namespace) -> dict[str, Any]:
                 from torch.utils.flop_counter import FlopCounterMode
 
                 with FlopCounterMode(display=False) as counter:
-                    model(x)
+                    net(x)
                 flops = int(counter.get_total_flops())
             else:
-                model(x)
+                net(x)
         sync()
         for _ in range(args.repeats):
             start = time.perf_counter()
-            model(x)
+            net(x)
             sync()
             times.append(time.perf_counter() - start)
     peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda" else _peak_rss() - base_rss)
@@ -113,7 +123,9 @@ def measure(spec: str, args: argparse.Namespace) -> dict[str, Any]:
     for i in range(1 + args.repeats):
         start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        loss, _ = criterion(model(batch), target)
+        with precision.autocast():
+            out = model(batch)
+        loss, _ = criterion(out.float(), target)  # the loss in fp32
         loss.backward()
         optimizer.step()
         sync()
@@ -121,7 +133,8 @@ def measure(spec: str, args: argparse.Namespace) -> dict[str, Any]:
             step_times.append(time.perf_counter() - start)
     name = (genotype.metadata or {}).get("name") or spec
     return {
-        "name": str(name), "spec": spec, "genotype_id": genotype.genotype_id(), "frames": frames,
+        "name": str(name), "spec": spec, "precision": precision.name, "genotype_id": genotype.genotype_id(),
+        "frames": frames, "gflops": (flops / statistics.median(times) / 1e9) if flops else None,
         "params": count_parameters(model), "flops": flops, "height": args.height, "width": args.width,
         "latency_s": statistics.median(times), "latency_min_s": min(times), "repeats": len(times),
         "fps": 1.0 / statistics.median(times), "peak_memory_bytes": int(peak),
@@ -151,7 +164,17 @@ def refs_name(rows: list[dict[str, Any]]) -> str:
     return "tmics-heavy" if "tmics-heavy" in names else (names[0] if names else "a reference")
 
 
-def write_report(rows: list[dict[str, Any]], args: argparse.Namespace, path: Path, command: str) -> str:
+def peak_line(peaks: dict[str, dict[str, Any]]) -> str:
+    if not peaks:
+        return "not measured (--no-peak)"
+    some = next(iter(peaks.values()))
+    return (", ".join(f"{k} **{v['gflops']:.1f} GFLOP/s** ({v['memory_format']})" for k, v in peaks.items())
+            + f" (one 96->96 3x3 conv on {'x'.join(map(str, some['shape']))}, median of {some['repeats']})")
+
+
+def write_report(rows: list[dict[str, Any]], args: argparse.Namespace, path: Path, command: str,
+                 peaks: dict[str, dict[str, Any]] | None = None) -> str:
+    peaks = peaks or {}
     first = rows[0]
     demo = _demo_psnr(Path(args.demo_run)) if args.demo_run else None
     lines = [
@@ -167,21 +190,28 @@ def write_report(rows: list[dict[str, Any]], args: argparse.Namespace, path: Pat
         f"{args.repeats} after 1 warm-up. FLOPs: torch FlopCounterMode, 2 per multiply-add, one frame at "
         f"{args.width}x{args.height}. Memory: {first['memory_kind']} during inference.",
         "",
-        "| network | T | parameters | GFLOPs / frame | s / frame | frames / s | speed-up vs " + (refs_name(rows)) + " | "
-        "peak memory | train step (s) | PSNR |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        f"The machine's peak: {peak_line(peaks)}. A row's GFLOP/s is its FLOPs per frame over its seconds per "
+        "frame, and \"of peak\" that over the peak of its precision (bf16 rows: autocast, channels_last weights, "
+        "fp32 outputs).",
+        "",
+        "| network | precision | T | parameters | GFLOPs / frame | s / frame | frames / s | GFLOP/s | of peak "
+        "| speed-up vs " + (refs_name(rows)) + " | peak memory | train step (s) | PSNR |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    refs = [r for r in rows if r["spec"] == "tmics-heavy"] or [r for r in rows if r["spec"].startswith("tmics-")]
-    ref_latency = refs[0]["latency_s"] if refs else None
     for r in rows:
+        refs = ([q for q in rows if q["spec"] == "tmics-heavy" and q["precision"] == r["precision"]]
+                or [q for q in rows if q["spec"].startswith("tmics-") and q["precision"] == r["precision"]])
+        ref_latency = refs[0]["latency_s"] if refs else None
         psnr = "—"
         if demo and r.get("is_demo"):
             psnr = f"{demo[0]:.2f} dB (input {demo[1]:.2f}; demo test clips)"
         speed = f"{ref_latency / r['latency_s']:.1f}x" if ref_latency else "—"
         flops = f"{r['flops'] / 1e9:.1f}" if r["flops"] is not None else "—"
-        lines.append(f"| {r['name']} (`{r['genotype_id']}`) | {r['frames']} | {r['params']:,} | {flops} | "
-                     f"{r['latency_s']:.3f} | {r['fps']:.2f} | {speed} | {_fmt_bytes(r['peak_memory_bytes'])} | "
-                     f"{r['train_step_s']:.3f} | {psnr} |")
+        achieved = f"{r['gflops']:.1f}" if r.get("gflops") else "—"
+        share = f"{100 * r['fraction_of_peak']:.1f}%" if r.get("fraction_of_peak") is not None else "—"
+        lines.append(f"| {r['name']} (`{r['genotype_id']}`) | {r['precision']} | {r['frames']} | {r['params']:,} | "
+                     f"{flops} | {r['latency_s']:.3f} | {r['fps']:.2f} | {achieved} | {share} | {speed} | "
+                     f"{_fmt_bytes(r['peak_memory_bytes'])} | {r['train_step_s']:.3f} | {psnr} |")
     lines += ["", "The TMICS reference networks are untrained here (cost does not depend on the weights), so they "
               "have no PSNR in this table; the trained comparison at equal budget is the real-data report. "
               "Timings depend on the machine's load: regenerate on a quiet machine before quoting them.", ""]
@@ -205,8 +235,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-batch", type=int, default=2)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", default="fp32", help="comma-separated: fp32, bf16, fp16, auto (a row each)")
+    parser.add_argument("--no-peak", action="store_true", help="skip the machine's conv peak")
     parser.add_argument("--report", default="reports/inference_speed_cpu.md")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--child-precision", default="fp32", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.warmup < 1 or args.repeats < 1:
         parser.error("--warmup and --repeats must be >= 1")
@@ -216,26 +249,52 @@ def main(argv: list[str] | None = None) -> int:
     specs = [s.strip() for s in args.genotypes.split(",") if s.strip()]
     if args.demo_run:
         specs = [args.demo_run] + specs
+    from nas_restore.precision import resolve_precision
+
+    try:
+        precisions = list(dict.fromkeys(resolve_precision(p, args.device).name
+                                        for p in args.precision.split(",") if p.strip()))
+    except ValueError as err:  # ConfigError: an unknown precision, or fp16 on a CPU
+        parser.error(str(err))
+    if not precisions:
+        parser.error("--precision needs at least one of fp32, bf16, fp16, auto")
+    peaks: dict[str, dict[str, Any]] = {}
+    if not args.no_peak:
+        import torch
+
+        from nas_restore.profiling import conv_peak
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        peaks = {p: conv_peak(p, args.device).to_dict() for p in precisions}
+        for k, v in peaks.items():
+            print(f"peak {k}: {v['gflops']:.1f} GFLOP/s (96->96 3x3 conv, {v['memory_format']})", flush=True)
     passthrough = [a for a in (argv if argv is not None else sys.argv[1:])]
     rows = []
     for spec in specs:
-        print(f"measuring {spec} ...", flush=True)
-        done = subprocess.run([sys.executable, __file__, *passthrough, "--child", spec], capture_output=True,
-                              text=True, cwd=ROOT)
-        results = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-        if done.returncode != 0 or not results:
-            print(done.stderr[-3000:], file=sys.stderr)
-            return 1
-        row = json.loads(results[-1][len("RESULT "):])
-        row["is_demo"] = spec == args.demo_run
-        if row["is_demo"]:
-            row["name"] = "demo genotype (searched)"
-        rows.append(row)
-        print(f"  {row['name']}: {row['params']:,} params, {row['fps']:.3f} frames/s, "
-              f"{(row['flops'] or 0) / 1e9:.1f} GFLOPs, train step {row['train_step_s']:.2f} s", flush=True)
+        for precision in precisions:
+            print(f"measuring {spec} in {precision} ...", flush=True)
+            done = subprocess.run([sys.executable, __file__, *passthrough, "--child", spec,
+                                   "--child-precision", precision], capture_output=True, text=True, cwd=ROOT)
+            results = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+            if done.returncode != 0 or not results:
+                print(done.stderr[-3000:], file=sys.stderr)
+                return 1
+            row = json.loads(results[-1][len("RESULT "):])
+            row["is_demo"] = spec == args.demo_run
+            if row["is_demo"]:
+                row["name"] = "demo genotype (searched)"
+            peak = peaks.get(precision)
+            row["conv_peak_gflops"] = peak["gflops"] if peak else None
+            row["fraction_of_peak"] = row["gflops"] / peak["gflops"] if peak and row.get("gflops") else None
+            rows.append(row)
+            share = f" ({100 * row['fraction_of_peak']:.1f}% of peak)" if row["fraction_of_peak"] is not None else ""
+            print(f"  {row['name']} {precision}: {row['params']:,} params, {row['fps']:.3f} frames/s, "
+                  f"{(row['flops'] or 0) / 1e9:.1f} GFLOPs, {row['gflops'] or 0:.1f} GFLOP/s{share}, "
+                  f"train step {row['train_step_s']:.2f} s", flush=True)
     command = "python benchmarks/inference_speed.py " + " ".join(passthrough)
     print(write_report(rows, args, ROOT / args.report if not Path(args.report).is_absolute() else
-                       Path(args.report), command.strip()))
+                       Path(args.report), command.strip(), peaks))
     return 0
 
 

@@ -55,7 +55,7 @@ def load_trained(path: str | Path, map_location: str | torch.device = "cpu") -> 
 def save_weights(model: nn.Module, path: Path, **meta: Any) -> None:
     """Write ``{"state_dict", "format", "version", **meta}``: plain tensors and numbers only, so it loads
     with ``torch.load(weights_only=True)`` and without Lightning or NNI."""
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}  # plain NCHW fp32
     torch.save({"state_dict": state, "format": WEIGHTS_FORMAT, "version": WEIGHTS_VERSION, **meta}, path)
 
 

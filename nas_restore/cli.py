@@ -19,6 +19,7 @@ from typing import Any, Sequence
 
 from nas_restore import config as cfg
 from nas_restore.errors import UserError
+from nas_restore.threads import JobSlot
 
 warnings.filterwarnings("ignore", message=r".*is found to be not a nn\.Module.*", category=RuntimeWarning)
 warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
@@ -28,6 +29,13 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="auto (GPU when there is one), cpu, cuda, cuda:N")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _add_precision(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--precision", default=None, choices=("fp32", "bf16", "fp16", "auto"),
+                   help="what the network computes in: fp32 (default), bf16 (fast on CPUs with AVX512-BF16 or "
+                        "AMX and on recent GPUs), fp16 (GPUs), auto (the fastest that this device does well); "
+                        "losses, metrics and saved weights stay fp32")
 
 
 def _add_data(p: argparse.ArgumentParser) -> None:
@@ -46,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--search-epochs", type=int, default=None)
     p.add_argument("--retrain-epochs", type=int, default=None)
+    _add_precision(p)
     _add_common(p)
 
     p = sub.add_parser("search", help="search a space with a strategy; writes runs/NAME/genotype.json")
@@ -75,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget-seconds", type=float, default=None,
                    help="wall-clock search budget in seconds: a one-shot search stops when it is spent, a "
                         "multi-trial search starts no new trial")
+    _add_precision(p)
     _add_data(p)
     _add_common(p)
 
@@ -106,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--devices", type=int, default=None)
     p.add_argument("--num-nodes", type=int, default=None)
+    _add_precision(p)
     _add_data(p)
     _add_common(p)
 
@@ -123,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--tile", type=int, default=None, help="run the model in tiles of this size (bounded memory)")
     p.add_argument("--tile-overlap", type=int, default=16)
+    _add_precision(p)
 
     p = sub.add_parser("derain", help="derain an image, a folder of images or frames, or a video file")
     p.add_argument("model", help="model.pt from `retrain` (or its folder)")
@@ -137,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--figure-frames", type=int, default=3)
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")
+    _add_precision(p)
 
     p = sub.add_parser("export", help="export a retrained model to run with torch alone (torch.export/trace)")
     p.add_argument("model", help="model.pt from `retrain` (or its folder)")
@@ -160,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--replay-policy", default=None, help="quota (equal share per old task) or reservoir")
     p.add_argument("--space-config", default=None,
                    help="KEY=VALUE,... overrides of the genotype's space_config, e.g. channels=12,frames=3")
+    _add_precision(p)
     _add_common(p)
 
     p = sub.add_parser("compare", help="every strategy x seed under one budget, retrained alike, scored on held-out "
@@ -179,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="report folder, e.g. reports/NAME")
     p.add_argument("--device", default=None)
     p.add_argument("--progress", action="store_true", help="progress bars of every search and retraining")
+    _add_precision(p)
 
     p = sub.add_parser("rank", help="retrain genotypes alike and rank them on an evaluation split only, beside the "
                                     "rainy input; params, FLOPs, frames/s (re-run to resume)")
@@ -204,6 +219,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--progress", action="store_true")
+    _add_precision(p)
+
+    p = sub.add_parser("profile", help="parameters, MACs, latency, frames/s, GFLOP/s against the machine's conv "
+                                       "peak, and peak memory of a genotype's network, per precision")
+    p.add_argument("genotype", help="genotype.json, a run folder, a reference name (tmics-heavy, rescnn) or "
+                                    "space:NAME[:PRESET]")
+    p.add_argument("--size", default="480x640", metavar="HxW", help="input frame size, height x width "
+                                                                  "(default 480x640)")
+    p.add_argument("--frames", type=int, default=None,
+                   help="input frames (default: the genotype's; only for networks with a frames setting)")
+    p.add_argument("--precision", default="fp32,auto", help="comma-separated: fp32, bf16, fp16, auto "
+                                                            "(default fp32,auto)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--repeats", type=int, default=5, help="timed passes (median)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed passes first")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--no-peak", action="store_true",
+                   help="skip measuring the machine's peak (a 96->96 3x3 conv) and the fraction of it")
+    p.add_argument("--json", action="store_true", help="print one JSON object (its rows: one per precision)")
 
     p = sub.add_parser("config", help="print the default settings of a command as YAML (a start for --config)")
     p.add_argument("kind", choices=tuple(CONFIG_CLASSES), help="which command's settings")
@@ -219,7 +253,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _configure_logging(args.verbose)
     try:
-        return int(COMMANDS[args.command](args) or 0)
+        with JobSlot():  # counted among the running jobs: torch takes this job's share of the cores
+            return int(COMMANDS[args.command](args) or 0)
     except KeyboardInterrupt:
         print("interrupted: finished stages are kept; re-run the same command to resume where it resumes",
               file=sys.stderr)
@@ -248,7 +283,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from nas_restore.demo import DemoConfig, run_demo
 
     overrides = {"device": args.device, "seed": args.seed, "search_epochs": args.search_epochs,
-                 "retrain_epochs": args.retrain_epochs, "progress": not args.no_progress}
+                 "retrain_epochs": args.retrain_epochs, "progress": not args.no_progress, "precision": args.precision}
     config = cfg.from_dict(DemoConfig, cfg.merge({}, overrides), "demo")
     summary = run_demo(args.out, config, say=lambda message: print(message, flush=True))
     out = Path(args.out)
@@ -272,7 +307,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     data = cfg.load_yaml(args.config, "search") if args.config else {}
     overrides: dict[str, Any] = {
         "space": args.space, "strategy": args.strategy, "preset": args.preset, "epochs": args.epochs,
-        "batch_size": args.batch_size, "seed": args.seed, "device": args.device,
+        "batch_size": args.batch_size, "seed": args.seed, "device": args.device, "precision": args.precision,
         "data": {"folder": args.data, "split": args.split, "patch_size": args.patch_size},
     }
     if args.frames is not None:
@@ -375,7 +410,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
 
     data = cfg.load_yaml(args.config, "retrain") if args.config else {}
     train = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
-             "device": args.device, "devices": args.devices, "num_nodes": args.num_nodes}
+             "device": args.device, "devices": args.devices, "num_nodes": args.num_nodes, "precision": args.precision}
     if args.no_progress:
         train["progress"] = False
     overrides = {"train": train, "data": {"folder": args.data, "split": args.split, "patch_size": args.patch_size}}
@@ -398,7 +433,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         from nas_restore.inference import Derainer
 
         derainer = Derainer.from_checkpoint(args.model, device=args.device, tile=args.tile or None,
-                                            overlap=args.tile_overlap)
+                                            overlap=args.tile_overlap, precision=args.precision or "fp32")
         model, frames = derainer.as_module(), args.frames or derainer.frames
     result = evaluate_folder(Path(args.data), model, protocol=protocol, frames=frames,
                              device=args.device if args.model else "cpu", split=args.split,
@@ -432,7 +467,8 @@ def cmd_continual(args: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {
         "tasks": split(args.tasks), "schemes": split(args.schemes), "steps_per_task": args.steps_per_task,
         "batch_size": args.batch_size, "lr": args.lr, "patch_size": args.patch_size, "seed": args.seed,
-        "device": args.device, "replay": {"size": args.replay_size, "policy": args.replay_policy},
+        "device": args.device, "precision": args.precision,
+        "replay": {"size": args.replay_size, "policy": args.replay_policy},
         "space_config": (cfg.parse_assignments(args.space_config.split(","), "--space-config", "channels=12,frames=3")
                          if args.space_config else None),
     }
@@ -467,7 +503,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {
         "space": args.space, "preset": args.preset, "strategies": strategies, "seeds": args.seeds,
         "first_seed": args.first_seed, "budget": args.budget, "budget_unit": args.budget_unit,
-        "trial_epochs": args.trial_epochs, "device": args.device,
+        "trial_epochs": args.trial_epochs, "device": args.device, "precision": args.precision,
         "retrain": {"train": {"epochs": args.retrain_epochs}},
     }
     if args.progress:
@@ -505,7 +541,7 @@ def cmd_rank(args: argparse.Namespace) -> int:
                                              "patch_size": args.patch_size}},
         "eval_data": args.eval_data, "eval_split": args.eval_split, "like": args.like,
         "reference_size": args.reference_size, "random_seed": args.random_seed, "profile_size": profile,
-        "device": args.device,
+        "device": args.device, "precision": args.precision,
     }
     if args.progress:
         overrides["progress"] = True
@@ -523,7 +559,8 @@ def cmd_derain(args: argparse.Namespace) -> int:
     from nas_restore.inference import Derainer, figure_of_result
 
     derainer = Derainer.from_checkpoint(args.model, device=args.device, tile=args.tile or None,
-                                        overlap=args.tile_overlap, progress=not args.no_progress)
+                                        overlap=args.tile_overlap, progress=not args.no_progress,
+                                        precision=args.precision or "fp32")
     result = derainer.run(args.input, args.out, mode=args.mode)
     print(f"derained {len(result.inputs)} {result.mode} -> {args.out}")
     if args.figure:
@@ -541,6 +578,71 @@ def cmd_export(args: argparse.Namespace) -> int:
     print(f"exported with {result.method} ({'any' if result.dynamic else 'only the example'} size; max error "
           f"{result.max_abs_error:.2g} vs the model) -> {result.path}")
     print(f"  load with {loader}; input [1, {result.example_shape[1]}, 3, H, W] in [0, 1]")
+    return 0
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    import torch
+
+    from nas_restore.build import build_model
+    from nas_restore.device import resolve_device
+    from nas_restore.profiling import conv_peak, input_shape, profile_network, resolve_precisions
+    from nas_restore.sources import load_genotype, with_frames
+    from nas_restore.study import machine_info, machine_line
+
+    def size_hw(text: str) -> tuple[int, int]:
+        try:
+            h, w = (int(v) for v in text.lower().split("x"))
+        except ValueError:
+            h = w = 0
+        if h < 1 or w < 1:
+            raise cfg.ConfigError(f"--size expects HxW, height x width in pixels (e.g. 320x480), got {text!r}")
+        return h, w
+
+    height, width = size_hw(args.size)
+    if args.repeats < 1 or args.warmup < 0:
+        raise cfg.ConfigError(f"--repeats must be >= 1 and --warmup >= 0, got {args.repeats} and {args.warmup}")
+    if args.frames is not None and args.frames < 1:
+        raise cfg.ConfigError(f"--frames must be >= 1, got {args.frames}")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise cfg.ConfigError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    precisions = resolve_precisions([p for p in args.precision.split(",") if p.strip()], device)
+    genotype = load_genotype(args.genotype)
+    if args.frames is not None:
+        genotype = with_frames(genotype, args.frames)
+    frames = int(genotype.space_config.get("frames", 1))
+    model = build_model(genotype)
+    peaks = {} if args.no_peak else {
+        p.name: conv_peak(p, device, repeats=args.repeats, warmup=max(1, args.warmup)) for p in precisions}
+    rows = profile_network(model, input_shape(frames, height, width), precisions, device,
+                           repeats=args.repeats, warmup=args.warmup, peaks=peaks)
+    info = machine_info(str(device))
+    name = (genotype.metadata or {}).get("name") or args.genotype
+    if args.json:
+        print(json.dumps({"genotype": args.genotype, "name": str(name), "genotype_id": genotype.genotype_id(),
+                          "space": genotype.space, "frames": frames, "height": height, "width": width,
+                          "device": str(device), "threads": torch.get_num_threads(), "cpu": info["cpu"],
+                          "machine": info, "conv_peak": {k: v.to_dict() for k, v in peaks.items()},
+                          "rows": [r.to_dict() for r in rows]}, indent=2))
+        return 0
+    first = rows[0]
+    print(f"{name} ({genotype.space}, {genotype.genotype_id()}): input {'x'.join(map(str, first.shape))} "
+          f"(T={frames}, {height}x{width}); {first.params:,} parameters; {first.macs / 1e9:.3f} GMACs = "
+          f"{first.flops / 1e9:.3f} GFLOPs per frame")
+    print(f"machine: {machine_line(info)}")
+    for peak in peaks.values():
+        print(f"peak {peak.line()}")
+    header = f"{'precision':<9}  {'s/frame':>9}  {'frames/s':>9}  {'GFLOP/s':>8}  {'of peak':>7}  {'peak memory':>11}"
+    print(header)
+    for r in rows:
+        share = f"{100 * r.fraction_of_peak:.1f}%" if r.fraction_of_peak is not None else "-"
+        print(f"{r.precision:<9}  {r.seconds_per_frame:>9.4f}  {r.fps:>9.2f}  {r.gflops:>8.1f}  {share:>7}  "
+              f"{r.peak_memory_bytes / 2**20:>7.1f} MiB")
+    print(f"(median of {first.repeats} after {first.warmup} warm-up; memory: {first.memory_method}; "
+          "timings depend on the machine's load)")
     return 0
 
 
@@ -597,7 +699,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 COMMANDS = {"demo": cmd_demo, "search": cmd_search, "render": cmd_render, "inspect": cmd_inspect,
             "retrain": cmd_retrain, "continual": cmd_continual, "compare": cmd_compare, "rank": cmd_rank,
             "evaluate": cmd_evaluate, "derain": cmd_derain, "export": cmd_export, "config": cmd_config,
-            "spaces": cmd_list, "strategies": cmd_list, "ops": cmd_list}
+            "spaces": cmd_list, "strategies": cmd_list, "ops": cmd_list, "profile": cmd_profile}
 
 
 if __name__ == "__main__":

@@ -48,6 +48,7 @@ from nas_restore.device import resolve_device
 from nas_restore.evaluation import evaluate_folder
 from nas_restore.losses import LossConfig
 from nas_restore.plots import compare_plots
+from nas_restore.precision import resolve_precision
 from nas_restore.profiling import count_flops, count_parameters, input_shape
 from nas_restore.report_common import fmt_count, markdown_table, mean_std
 from nas_restore.retraining import RetrainRunConfig, run_retrain
@@ -55,8 +56,9 @@ from nas_restore.run_records import ANYTIME
 from nas_restore.search import SearchConfig, run_search
 from nas_restore.seeding import seed_everything
 from nas_restore.sources import load_genotype
-from nas_restore.study import (HeldOutConfig, changed_fields, held_out_test as write_held_out, machine_info,
-                               machine_section, protocol_section, read_json, refuse_changed_settings,
+from nas_restore.study import HeldOutConfig, changed_fields
+from nas_restore.study import held_out_test as write_held_out
+from nas_restore.study import (machine_info, machine_section, protocol_section, read_json, refuse_changed_settings,
                                regenerate_section, run_unit, write_json)
 from nas_restore.training import RetrainConfig
 from search_spaces import find_space
@@ -112,9 +114,11 @@ class CompareConfig:
     retrain: RetrainRunConfig = field(default_factory=_default_retrain)
     test: HeldOutConfig = field(default_factory=HeldOutConfig)
     device: str = "auto"
+    precision: str = "fp32"               # fp32, bf16, fp16 or auto: searches, retrainings and scoring alike
     progress: bool = False
 
     def __post_init__(self) -> None:
+        self.retrain.train.precision = self.precision  # one setting for every stage
         names = self.space.split(",") if isinstance(self.space, str) else list(self.space or [])
         names = [str(n).strip() for n in names if str(n).strip()]
         if not names:
@@ -249,8 +253,8 @@ def search_config(config: CompareConfig, strategy: str, seed: int, space: str | 
         space=space, preset=config.preset_for(space), space_settings=config.settings_for(space), strategy=strategy,
         strategy_options=dict(config.strategy_options.get(strategy, {})), batch_size=recipe.batch_size,
         lr=recipe.lr, weight_decay=recipe.weight_decay, loss=recipe.loss, data=recipe.data, seed=seed,
-        device=config.device, num_workers=recipe.num_workers, progress=config.progress,
-        **budget_settings(config, spec.one_shot))
+        device=config.device, precision=config.precision, num_workers=recipe.num_workers,
+        progress=config.progress, **budget_settings(config, spec.one_shot))
 
 
 def retrain_config(config: CompareConfig, seed: int) -> RetrainRunConfig:
@@ -345,7 +349,8 @@ def run_one(config: CompareConfig, strategy: str, seed: int, run_dir: Path, test
 
     model, _ = load_trained(run_dir / retrained["model"])
     frames = int(genotype.space_config.get("frames", 1))  # the window centred on every test frame
-    evaluation = evaluate_folder(test_dir, model, frames=frames, device=config.device, progress=False)
+    scored = resolve_precision(config.precision, resolve_device(config.device)).wrap(model)
+    evaluation = evaluate_folder(test_dir, scored, frames=frames, device=config.device, progress=False)
     evaluation.save(run_dir / "evaluation")
     model.cpu()
     size = config.test.size

@@ -50,6 +50,7 @@ from nas_restore.evaluation import score_pair
 from nas_restore.genotype import Genotype
 from nas_restore.losses import LossConfig, RestorationLoss
 from nas_restore.metrics import MAX_PSNR
+from nas_restore.precision import PRECISIONS, Precision, resolve_precision
 from nas_restore.profiling import count_parameters
 from nas_restore.replay import POLICIES, ReplayBuffer
 from nas_restore.report_common import fmt, markdown_table
@@ -142,9 +143,12 @@ class ContinualConfig:
     seed: int = 0
     eval_batch_size: int = 8
     device: str = "auto"
+    precision: str = "fp32"             # fp32, bf16, fp16 or auto: what the networks compute in
     progress: bool = True
 
     def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if isinstance(self.loss, dict):
             self.loss = LossConfig(**self.loss)
         if isinstance(self.distill, dict):
@@ -301,14 +305,14 @@ def distillation_loss(student: Tensor, teacher: Tensor, config: DistillConfig,
     parts: dict[str, Tensor] = {}
     total = student.new_zeros(())
     if config.output_weight:
-        parts["distill_output"] = dist(student, teacher.detach())
+        parts["distill_output"] = dist(student.float(), teacher.detach().float())
         total = total + config.output_weight * parts["distill_output"]
     if config.feature_weight:
         fs, ft = student_features or [], teacher_features or []
         if len(fs) != len(ft) or not fs:
             raise ValueError(f"feature distillation needs as many student as teacher features, got {len(fs)} "
                              f"and {len(ft)}")
-        parts["distill_features"] = torch.stack([dist(s, t.detach()) for s, t in zip(fs, ft)]).mean()
+        parts["distill_features"] = torch.stack([dist(s.float(), t.detach().float()) for s, t in zip(fs, ft)]).mean()
         total = total + config.feature_weight * parts["distill_features"]
     return total, parts
 
@@ -316,8 +320,10 @@ def distillation_loss(student: Tensor, teacher: Tensor, config: DistillConfig,
 class Distiller:
     """The frozen previous-task model and the hooks that compare it with the student on the same inputs."""
 
-    def __init__(self, teacher: nn.Module, student: nn.Module, config: DistillConfig) -> None:
+    def __init__(self, teacher: nn.Module, student: nn.Module, config: DistillConfig,
+                 precision: Precision | None = None) -> None:
         self.teacher, self.config = teacher.eval(), config
+        self.precision = precision or Precision("fp32", "cpu")
         for p in self.teacher.parameters():
             p.requires_grad_(False)
         names = config.feature_modules if config.feature_weight else []
@@ -327,7 +333,7 @@ class Distiller:
     def __call__(self, frames: Tensor, student_out: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """Call right after the student's forward pass on ``frames`` (its hooks hold its features)."""
         student_features = self.student_tap.features() if self.config.feature_weight else None
-        with torch.no_grad():
+        with torch.no_grad(), self.precision.autocast():
             teacher_out = self.teacher(frames)
         teacher_features = self.teacher_tap.features() if self.config.feature_weight else None
         return distillation_loss(student_out, teacher_out, self.config, student_features, teacher_features)
@@ -403,13 +409,15 @@ def train_stage(model: nn.Module, train: Dataset, config: ContinualConfig, stage
 
     The batches of the current task depend only on (seed, stage), so every scheme sees the same ones.
     """
-    model.to(device).train()
+    precision = resolve_precision(config.precision, device)
+    precision.prepare(model.to(device).train())
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_factor(config.steps_per_task,
                                                                            config.min_lr / config.lr))
     criterion = RestorationLoss(config.loss)
     contrastive = bool(getattr(config.loss, "contrastive_weight", 0.0))  # the prior needs the rainy frame
-    distiller = Distiller(teacher.to(device), model, config.distill) if teacher is not None else None
+    distiller = (Distiller(precision.prepare(teacher.to(device)), model, config.distill, precision)
+                 if teacher is not None else None)
     batches = torch.Generator().manual_seed(config.seed * 7919 + stage)
     replays = torch.Generator().manual_seed(config.seed * 7919 + stage + 104729)
     sums: dict[str, float] = {}
@@ -422,7 +430,9 @@ def train_stage(model: nn.Module, train: Dataset, config: ContinualConfig, stage
                 old_frames, old_target, _ = buffer.sample(config.replay.per_batch, replays)
                 frames, target = torch.cat([frames, old_frames]), torch.cat([target, old_target])
             frames, target = frames.to(device), target.to(device)
-            pred = model(frames)
+            with precision.autocast():
+                pred = model(frames)
+            pred = pred.float()  # losses stay fp32
             if contrastive:
                 loss, parts = criterion(pred, target, frames[:, frames.shape[1] // 2])
             else:
@@ -556,7 +566,8 @@ def run_continual(genotype: Genotype, config: ContinualConfig, out_dir: str | Pa
                     start = time.perf_counter()
                     losses = train_stage(model, train, config, k, device, teacher=teacher, buffer=buffer)
                     seconds = time.perf_counter() - start
-                    scores = [evaluate_task(model, t.test, device, config.eval_batch_size) for t in tasks[: k + 1]]
+                    scored = resolve_precision(config.precision, device).wrap(model)
+                    scores = [evaluate_task(scored, t.test, device, config.eval_batch_size) for t in tasks[: k + 1]]
                     row = {"scheme": scheme, "stage": k + 1, "task": task.name,
                            "psnr": {t.name: s[0] for t, s in zip(tasks, scores)},
                            "ssim": {t.name: s[1] for t, s in zip(tasks, scores)},

@@ -13,9 +13,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from nas_restore.build import load_trained
 from nas_restore.datasets import DataConfig
+from nas_restore.device import resolve_device
+from nas_restore.evaluation import evaluate_folder
 from nas_restore.losses import LossConfig
-from nas_restore.search import SearchConfig
+from nas_restore.precision import resolve_precision
+from nas_restore.render import render_genotype
+from nas_restore.retraining import RetrainRunConfig, run_retrain
+from nas_restore.search import SearchConfig, run_search
 from nas_restore.study import HeldOutConfig, write_test_clips
 from nas_restore.training import RetrainConfig
 
@@ -28,6 +34,7 @@ class DemoConfig:
 
     seed: int = 0
     device: str = "auto"
+    precision: str = "fp32"      # fp32, bf16, fp16 or auto (search, retraining and scoring)
     frames: int = 3
     search_epochs: int = 3
     search_items: int = 96
@@ -46,10 +53,6 @@ def run_demo(out_dir: str | Path, config: DemoConfig | None = None,
              say: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run every stage; returns (and writes) the summary."""
     say = say or log.info  # the CLI passes print: the library only logs
-    from nas_restore.evaluation import evaluate_folder
-    from nas_restore.render import render_genotype
-    from nas_restore.retraining import RetrainRunConfig, run_retrain
-    from nas_restore.search import run_search
 
     config = config or DemoConfig()
     out = Path(out_dir)
@@ -74,7 +77,7 @@ def run_demo(out_dir: str | Path, config: DemoConfig | None = None,
         strategy_options={"arc_learning_rate": 3e-3}, epochs=config.search_epochs, batch_size=8, lr=2e-3,
         data=DataConfig(patch_size=config.search_patch, train_items=config.search_items,
                         val_items=config.search_items, rain_types=list(config.rain_types)),
-        seed=config.seed, device=config.device, progress=config.progress)
+        seed=config.seed, device=config.device, precision=config.precision, progress=config.progress)
     search = run_search(search_config, out / "search")
     stage("search", t0)
     say(f"      genotype {search.genotype.genotype_id()}: alignment={search.genotype.macro.get('alignment')}, "
@@ -91,7 +94,8 @@ def run_demo(out_dir: str | Path, config: DemoConfig | None = None,
     t0 = time.perf_counter()
     retrain_config = RetrainRunConfig(
         train=RetrainConfig(epochs=config.retrain_epochs, batch_size=8, lr=2e-3, min_lr=1e-5,
-                            loss=LossConfig(), seed=config.seed, device=config.device, progress=config.progress),
+                            loss=LossConfig(), seed=config.seed, device=config.device, progress=config.progress,
+                            precision=config.precision),
         data=DataConfig(patch_size=config.retrain_patch, train_items=config.retrain_items, val_items=48,
                         rain_types=list(config.rain_types)))
     # one folder per architecture: a re-run with another seed never resumes a different network
@@ -100,9 +104,10 @@ def run_demo(out_dir: str | Path, config: DemoConfig | None = None,
 
     say(f"[5/5] deraining the held-out clips -> {out / 'outputs'}")
     t0 = time.perf_counter()
-    from nas_restore.build import load_trained
 
     model, _ = load_trained(retrained.model_path)
+    precision = resolve_precision(config.precision, resolve_device(config.device))
+    model = precision.wrap(model)
     evaluation = evaluate_folder(test_dir, model, frames=config.frames, save_outputs=out / "outputs",
                                  progress=config.progress)
     evaluation.save(out / "evaluation")
@@ -117,7 +122,7 @@ def run_demo(out_dir: str | Path, config: DemoConfig | None = None,
         "genotype": str(search.genotype_path), "genotype_id": search.genotype.genotype_id(),
         "model": str(retrained.model_path), "render_dir": str(out / "render"),
         "outputs_dir": str(out / "outputs"), "test_data": str(test_dir),
-        "best_val_psnr": retrained.best_val_psnr,
+        "best_val_psnr": retrained.best_val_psnr, "precision": precision.name,
         "seconds": round(time.perf_counter() - started, 1), "stage_seconds": timings,
         "config": {k: v for k, v in config.__dict__.items()},
     }

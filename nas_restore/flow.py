@@ -20,14 +20,24 @@ from skimage.registration import optical_flow_ilk
 
 
 def flow_warp(image: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
-    """Backward warping: output(p) = image(p + flow(p)), bilinear, border padding."""
+    """Backward warping: output(p) = image(p + flow(p)), bilinear, border padding.
+
+    Always computed in fp32 (or fp64), also under bf16/fp16 autocast: bfloat16 keeps 8 bits of mantissa, so a
+    pixel coordinate near 300 would be off by up to 2 px, and grid_sample's gradient with respect to the
+    flow overflows (a learned flow's weights turned NaN after one bf16 step of the demo search). The
+    result comes back in the image's dtype.
+    """
     b, _, h, w = image.shape
-    ys, xs = torch.meshgrid(torch.arange(h, device=image.device, dtype=image.dtype),
-                            torch.arange(w, device=image.device, dtype=image.dtype), indexing="ij")
-    x_new = xs.unsqueeze(0) + flow[:, 0]
-    y_new = ys.unsqueeze(0) + flow[:, 1]
-    grid = torch.stack((2.0 * x_new / max(w - 1, 1) - 1.0, 2.0 * y_new / max(h - 1, 1) - 1.0), dim=-1)
-    return F.grid_sample(image, grid, mode="bilinear", padding_mode="border", align_corners=True)
+    dtype = torch.promote_types(image.dtype, torch.float32)  # fp32, or fp64 where the image is
+    with torch.autocast(image.device.type, enabled=False):
+        source, flow = image.to(dtype), flow.to(dtype)
+        ys, xs = torch.meshgrid(torch.arange(h, device=image.device, dtype=dtype),
+                                torch.arange(w, device=image.device, dtype=dtype), indexing="ij")
+        x_new = xs.unsqueeze(0) + flow[:, 0]
+        y_new = ys.unsqueeze(0) + flow[:, 1]
+        grid = torch.stack((2.0 * x_new / max(w - 1, 1) - 1.0, 2.0 * y_new / max(h - 1, 1) - 1.0), dim=-1)
+        warped = F.grid_sample(source, grid, mode="bilinear", padding_mode="border", align_corners=True)
+    return warped.to(image.dtype)
 
 
 class FlowCache:

@@ -27,8 +27,9 @@ from tqdm.auto import tqdm
 
 from nas_restore.build import load_trained
 from nas_restore.config import ConfigError
-from nas_restore.data.folders import DataError, IMAGE_SUFFIXES, image_size, list_images, load_image, window_indices
+from nas_restore.data.folders import IMAGE_SUFFIXES, DataError, image_size, list_images, load_image, window_indices
 from nas_restore.device import resolve_device
+from nas_restore.precision import resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -179,10 +180,11 @@ class Derainer:
     """A loaded model plus the settings to run it on files (``model.pt`` from ``retrain``)."""
 
     def __init__(self, model: nn.Module, frames: int, device: str | torch.device = "cpu", tile: int | None = 256,
-                 overlap: int = 16, progress: bool = True):
+                 overlap: int = 16, progress: bool = True, precision: str = "fp32"):
         check_tiles(tile, overlap)
         self.device = resolve_device(str(device))
-        self.model = model.to(self.device).eval()
+        self.precision = resolve_precision(precision, self.device)
+        self.model = self.precision.wrap(model.to(self.device).eval())
         self.frames, self.tile, self.overlap, self.progress = int(frames), tile, overlap, progress
 
     @classmethod

@@ -35,11 +35,13 @@ from nas_restore.config import ConfigError
 from nas_restore.device import lightning_accelerator
 from nas_restore.nni_layer import ChoiceSpace, decode_choices, space_choices
 from nas_restore.nni_layer.runner import nni_trial_id, report_final_metric, run_multitrial_experiment
+from nas_restore.precision import resolve_precision
 from nas_restore.profiling import count_flops, count_parameters, input_shape, measure_latency
 from nas_restore.run_records import (ANYTIME, JOB_FILE, NNI_DIR, PARETO, TRIALS, TRIALS_DIR, write_pareto,
                                      write_trial_anytime, write_trials)
 from nas_restore.seeding import seed_everything
-from nas_restore.training import OptimConfig, RestorationModule, _quiet_lightning
+from nas_restore.threads import threads_per_job
+from nas_restore.training import OptimConfig, RestorationModule, ShareThreads, _quiet_lightning
 from search_spaces import find_space
 
 log = logging.getLogger(__name__)
@@ -157,6 +159,7 @@ def train_and_score(network: torch.nn.Module, job: TrialJob) -> dict[str, float]
 
     config = job.config
     accelerator, devices = lightning_accelerator(torch.device(job.device))
+    precision = resolve_precision(config.precision, job.device)
     with _quiet_lightning(), warnings.catch_warnings():
         # fit without a validation loop, then validate once: Lightning warns about the first
         warnings.filterwarnings("ignore", message=r".*validation_step.*but have no.*val_dataloader.*")
@@ -170,8 +173,9 @@ def train_and_score(network: torch.nn.Module, job: TrialJob) -> dict[str, float]
         module = RestorationModule(network, loss=config.loss, optim=optim)
         trainer = pl.Trainer(max_epochs=config.trial_epochs, accelerator=accelerator, devices=devices,
                              logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                             enable_model_summary=False, num_sanity_val_steps=0,
-                             gradient_clip_val=1.0, deterministic=False)
+                             enable_model_summary=False, num_sanity_val_steps=0, precision=precision.lightning,
+                             gradient_clip_val=1.0, deterministic=False,
+                             callbacks=[] if job.threads else [ShareThreads(config.num_workers)])
         trainer.fit(module, train_dataloaders=train_loader)
         scores = trainer.validate(module, dataloaders=val_loader, verbose=False)[0]
     return {"val_psnr": float(scores["val_psnr"]), "val_ssim": float(scores["val_ssim"])}
@@ -240,7 +244,7 @@ def run_multitrial(ctx: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     if remaining is not None and remaining <= 0:
         raise ValueError(f"budget_seconds={config.budget_seconds} is spent before the first trial (data and space "
                          "set-up took longer): raise --budget-seconds")
-    threads = max(1, (os.cpu_count() or 1) // config.parallel) if config.parallel > 1 else None
+    threads = threads_per_job(config.parallel, config.num_workers) if config.parallel > 1 else None
     job = TrialJob(config=config, space=config.space, space_config=ctx.space_config, multiples=multiples,
                    train_data=ctx.train_data, val_data=ctx.val_data, run_dir=str(run_dir.resolve()),
                    device=str(ctx.device), started_wall=started_wall,

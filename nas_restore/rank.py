@@ -33,6 +33,7 @@ from nas_restore.datasets import DataConfig
 from nas_restore.device import resolve_device
 from nas_restore.evaluation import evaluate_folder
 from nas_restore.genotype import Genotype
+from nas_restore.precision import resolve_precision
 from nas_restore.profiling import count_flops, count_parameters, input_shape, measure_latency
 from nas_restore.report_common import fmt, fmt_count, markdown_table
 from nas_restore.retraining import RetrainRunConfig, run_retrain
@@ -77,9 +78,11 @@ class RankConfig:
     profile_size: list[int] = field(default_factory=lambda: [480, 640])   # [H, W] for FLOPs and frames/s
     latency_repeats: int = 3
     device: str = "auto"
+    precision: str = "fp32"               # fp32, bf16, fp16 or auto: retraining, scoring and frames/s alike
     progress: bool = False
 
     def __post_init__(self) -> None:
+        self.retrain.train.precision = self.precision  # one setting for every stage
         if self.reference_size not in REFERENCE_SIZES:
             raise ValueError(f"reference_size must be one of {', '.join(REFERENCE_SIZES)}, got {self.reference_size!r}")
         if len(self.profile_size) != 2 or min(self.profile_size) < 8:
@@ -266,13 +269,14 @@ def rank_one(entry: Entry, config: RankConfig, folder: Path, eval_root: Path,
     model, genotype = load_trained(folder / "retrain" / "model.pt")
     frames = int(genotype.space_config.get("frames", 1))
     device = resolve_device(config.device)
-    evaluation = evaluate_folder(eval_root, model, frames=frames, device=device, split=eval_split,
+    scored = resolve_precision(config.precision, device).wrap(model)
+    evaluation = evaluate_folder(eval_root, scored, frames=frames, device=device, split=eval_split,
                                  progress=config.progress)
     evaluation.save(folder / "evaluation")
     h, w = config.profile_size
     model.cpu()
     flops = count_flops(model, input_shape(frames, h, w))
-    latency = measure_latency(model, input_shape(frames, h, w), device=device, repeats=config.latency_repeats)
+    latency = measure_latency(scored, input_shape(frames, h, w), device=device, repeats=config.latency_repeats)
     model.cpu()
     return {"entry": entry.label, "kind": entry.kind, "status": "done", "genotype_id": genotype.genotype_id(),
             "params": count_parameters(model), "flops": flops, "fps": 1.0 / latency.median_s,

@@ -28,9 +28,12 @@ from nas_restore.metrics import MAX_PSNR, psnr_torch
 from nas_restore.multitrial import run_multitrial
 from nas_restore.nni_layer import labelled_alphas
 from nas_restore.nni_layer.runner import make_lightning_evaluator, make_search_module, run_oneshot
+from nas_restore.precision import PRECISIONS, Precision, resolve_precision
 from nas_restore.run_records import (ALPHAS, ALPHA_COLUMNS, ANYTIME, CONFIG, DERIVED, GENOTYPE, GUARD, LOG, METRICS,
                                      NNI_DIR, write_anytime)
 from nas_restore.seeding import seed_everything
+from nas_restore.threads import JobSlot
+from nas_restore.training import ShareThreads
 from search_spaces import find_space
 from strategies import find_strategy
 from strategies.skip_guard import GuardReport, SkipGuardConfig, apply_skip_cap, count_skips, early_stop_callback
@@ -68,6 +71,7 @@ class SearchConfig:
     # differentiable strategies: the guard against collapse into skip connections (strategies/skip_guard.py)
     skip_cap: int | None = 2                # most skip_connect edges per derived cell (None: no cap)
     skip_stop: int | None = None            # stop the search once a derived cell has more skips (None: never)
+    precision: str = "fp32"                 # fp32, bf16, fp16 or auto: what the networks compute in
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -77,6 +81,8 @@ class SearchConfig:
         if self.budget_seconds is not None and not self.budget_seconds > 0:
             raise ValueError(f"budget_seconds must be > 0 or None (no limit), got {self.budget_seconds}")
         SkipGuardConfig(cap=self.skip_cap, stop=self.skip_stop)  # validates both
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
 
 @dataclass
@@ -125,7 +131,7 @@ class AlphaHistory:
             fh.write(json.dumps({"epoch": epoch, "arch": arch, "skips": count_skips(arch)}, default=str) + "\n")
 
 
-def _history_callback(history: AlphaHistory, val_loader: DataLoader):
+def _history_callback(history: AlphaHistory, val_loader: DataLoader, precision: Precision):
     import pytorch_lightning as pl
 
     class _Callback(pl.Callback):
@@ -163,7 +169,9 @@ def _history_callback(history: AlphaHistory, val_loader: DataLoader):
             with torch.no_grad():
                 for frames, target in val_loader:
                     frames, target = frames.to(pl_module.device), target.to(pl_module.device)
-                    scores.append(psnr_torch(pl_module(frames).clamp(0, 1), target, y_channel=False, max_db=MAX_PSNR))
+                    with precision.autocast():
+                        pred = pl_module(frames)
+                    scores.append(psnr_torch(pred.float().clamp(0, 1), target, y_channel=False, max_db=MAX_PSNR))
             pl_module.train(was_training)
             loss = trainer.callback_metrics.get("train_loss_epoch", trainer.callback_metrics.get("train_loss"))
             history.record_epoch({"epoch": epoch, "train_loss": float(loss) if loss is not None else float("nan"),
@@ -184,7 +192,11 @@ def run_search(config: SearchConfig, run_dir: str | Path) -> SearchResult:
     (:func:`nas_restore.multitrial.run_multitrial`). Both write ``anytime.csv`` and return NNI's
     architecture dict plus the metadata they add to the genotype.
     """
-    run_dir = Path(run_dir)
+    with JobSlot():  # counted among the running jobs: torch takes this job's share of the cores
+        return _search(config, Path(run_dir))
+
+
+def _search(config: SearchConfig, run_dir: Path) -> SearchResult:
     run_dir.mkdir(parents=True, exist_ok=True)
     handler = _file_log(run_dir / LOG)
     started = time.perf_counter()
@@ -199,16 +211,17 @@ def run_search(config: SearchConfig, run_dir: str | Path) -> SearchResult:
         cfg.save_yaml({**cfg.to_dict(config), "resolved_space": space_config.to_dict()}, run_dir / CONFIG)
         seed_everything(config.seed)
         device = resolve_device(config.device)
+        precision = resolve_precision(config.precision, device)
         train_data, val_data = train_val_datasets(config.data, space_config.frames, config.seed)
-        log.info("search: space=%s strategy=%s device=%s train=%d val=%d", config.space, config.strategy,
-                 device, len(train_data), len(val_data))
+        log.info("search: space=%s strategy=%s device=%s precision=%s train=%d val=%d", config.space,
+                 config.strategy, device, precision.name, len(train_data), len(val_data))
         for name, data in (("train", train_data), ("validation", val_data)):
             if len(data) < config.batch_size:
                 raise ConfigError(f"the {name} split has {len(data)} item(s), fewer than batch_size="
                                  f"{config.batch_size}: lower --batch-size or give more data")
         context = SearchContext(config=config, run_dir=run_dir, space_spec=space_spec, space_config=space_config,
-                                strategy_spec=strategy_spec, device=device, train_data=train_data,
-                                val_data=val_data, started=started)
+                                strategy_spec=strategy_spec, device=device, precision=precision,
+                                train_data=train_data, val_data=val_data, started=started)
         if strategy_spec.one_shot:
             arch, extra = _run_one_shot(context)
         else:
@@ -222,6 +235,7 @@ def run_search(config: SearchConfig, run_dir: str | Path) -> SearchResult:
             **({"epochs": config.epochs} if strategy_spec.one_shot else
                {"max_trials": config.max_trials, "trial_epochs": config.trial_epochs}),
             "device": str(device),
+            "precision": precision.name,
             "data": "synthetic" if config.data.folder is None else str(config.data.folder),
             **extra,
             "nni_arch": arch,
@@ -247,6 +261,7 @@ class SearchContext:
     space_config: Any
     strategy_spec: Any
     device: torch.device
+    precision: Precision
     train_data: Any
     val_data: Any
     started: float  # time.perf_counter() at the start of the run (budgets count from here)
@@ -264,13 +279,13 @@ def _run_one_shot(ctx: SearchContext) -> tuple[dict[str, Any], dict[str, Any]]:
     history = AlphaHistory(run_dir)
     guard_config = SkipGuardConfig(cap=config.skip_cap, stop=config.skip_stop)
     guard = GuardReport(cap=guard_config.cap, stop=guard_config.stop)
-    callbacks = [_history_callback(history, val_loader)]
+    callbacks = [_history_callback(history, val_loader, ctx.precision), ShareThreads(config.num_workers)]
     if guard_config.stop is not None:
         callbacks.append(early_stop_callback(guard_config, guard))
     module = make_search_module(loss=config.loss, lr=config.lr, weight_decay=config.weight_decay,
                                 epochs=config.epochs)
     trainer_kwargs = dict(
-        max_epochs=config.epochs, accelerator=accelerator, devices=devices,
+        max_epochs=config.epochs, accelerator=accelerator, devices=devices, precision=ctx.precision.lightning,
         callbacks=callbacks, enable_progress_bar=config.progress,
         enable_model_summary=False, logger=False,
         enable_checkpointing=False, num_sanity_val_steps=0, log_every_n_steps=1,

@@ -111,6 +111,24 @@ def space_genotype(text: str) -> Genotype:
     return spec.to_genotype(arch, space_config, {**meta, "strategy": meta["strategy"] + ", seed-0 random draw"})
 
 
+def with_frames(genotype: Genotype, frames: int) -> Genotype:
+    """The genotype taking ``frames`` input frames, where its network has that setting (a clear error otherwise)."""
+    if "frames" not in genotype.space_config:
+        raise GenotypeError(f"the {genotype.space} network has no frames setting (its space_config: "
+                            f"{', '.join(sorted(genotype.space_config))}): it takes the frames it was built for")
+    if int(genotype.space_config["frames"]) == frames:
+        return genotype
+    spec = find_space(genotype.space)
+    if not genotype.cells:  # a space without choices: its genotype repeats its config
+        space_config = spec.config_class.from_dict({**genotype.space_config, "frames": frames})
+        return spec.to_genotype({}, space_config, dict(genotype.metadata or {}))
+    changed = genotype.copy()
+    changed.space_config = {**genotype.space_config, "frames": frames}
+    if frames == 1 and "alignment" in changed.macro:
+        changed.macro = {**changed.macro, "alignment": "none"}  # a single frame has nothing to align
+    return spec.validate_genotype(changed)
+
+
 def random_count(text: str) -> int | None:
     """N of ``random:N`` (None for any other source); a clear error for a bad N."""
     if not text.startswith("random:") or Path(text).exists():
@@ -121,4 +139,4 @@ def random_count(text: str) -> int | None:
     return int(count)
 
 
-__all__ = ["load_genotype", "source_label", "random_genotypes", "space_genotype", "random_count", "RUN_GENOTYPE"]
+__all__ = ["load_genotype", "with_frames", "source_label", "random_genotypes", "space_genotype", "random_count", "RUN_GENOTYPE"]

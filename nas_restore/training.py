@@ -30,7 +30,9 @@ from nas_restore.build import save_weights
 from nas_restore.device import lightning_accelerator, resolve_device
 from nas_restore.losses import LossConfig, RestorationLoss, ssim_torch
 from nas_restore.metrics import MAX_PSNR, psnr_torch
+from nas_restore.precision import PRECISIONS, full_precision, resolve_precision, to_channels_last
 from nas_restore.seeding import seed_everything
+from nas_restore.threads import JobSlot, share_threads
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +99,8 @@ class RestorationSteps:
         return self.model(frames)
 
     def _predict(self, frames: Tensor, target: Tensor) -> Tensor:
-        pred = self.model(frames)
+        """The network's output in fp32 (under mixed precision the network itself runs in bf16/fp16)."""
+        pred = self.model(frames).float()
         if pred.shape != target.shape:
             raise ValueError(f"the model returned {tuple(pred.shape)} for frames {tuple(frames.shape)}, "
                              f"expected the target's shape {tuple(target.shape)} ([B, 3, H, W])")
@@ -114,15 +117,17 @@ class RestorationSteps:
         if target.ndim == 5:
             current = frames[:, 1:]
             pred = self._predict(current, target[:, 1])
-            loss, parts = self.criterion(pred, target[:, 1], rainy=current[:, current.shape[1] // 2])
             weight = self.criterion.config.temporal_weight
-            if weight:
-                previous = self._predict(frames[:, :-1], target[:, 0])
-                parts["temporal"] = self.criterion.temporal(previous, pred, target[:, 0], target[:, 1])
-                loss = loss + weight * parts["temporal"]
+            previous = self._predict(frames[:, :-1], target[:, 0]) if weight else None
+            with full_precision(pred.device.type):  # losses stay fp32 under mixed precision
+                loss, parts = self.criterion(pred, target[:, 1], rainy=current[:, current.shape[1] // 2])
+                if previous is not None:
+                    parts["temporal"] = self.criterion.temporal(previous, pred, target[:, 0], target[:, 1])
+                    loss = loss + weight * parts["temporal"]
             return loss, parts, target[:, 1]
         pred = self._predict(frames, target)
-        loss, parts = self.criterion(pred, target, rainy=frames[:, frames.shape[1] // 2])
+        with full_precision(pred.device.type):
+            loss, parts = self.criterion(pred, target, rainy=frames[:, frames.shape[1] // 2])
         return loss, parts, target
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
@@ -151,12 +156,13 @@ class RestorationSteps:
         if target.ndim == 5:  # shifted windows: score the current one
             frames, target = frames[:, 1:], target[:, 1]
         pred = self._predict(frames, target)
-        loss, _ = self.criterion(pred, target, rainy=frames[:, frames.shape[1] // 2])
-        clamped = pred.clamp(0.0, 1.0)
-        psnr = psnr_torch(clamped, target, y_channel=False, max_db=MAX_PSNR).mean()
-        h, w = target.shape[-2:]
-        padding = "valid" if min(h, w) >= 11 else "reflect"
-        ssim = ssim_torch(clamped, target, padding=padding)
+        with full_precision(pred.device.type):  # metrics stay fp32 under mixed precision
+            loss, _ = self.criterion(pred, target, rainy=frames[:, frames.shape[1] // 2])
+            clamped = pred.clamp(0.0, 1.0)
+            psnr = psnr_torch(clamped, target, y_channel=False, max_db=MAX_PSNR).mean()
+            h, w = target.shape[-2:]
+            padding = "valid" if min(h, w) >= 11 else "reflect"
+            ssim = ssim_torch(clamped, target, padding=padding)
         # batch_size weights the epoch mean by images, so it is the per-image mean over the whole set.
         self.log_dict({f"{prefix}_loss": loss, f"{prefix}_psnr": psnr, f"{prefix}_ssim": ssim},
                       on_step=False, on_epoch=True, prog_bar=True, batch_size=target.shape[0], sync_dist=True)
@@ -182,6 +188,12 @@ class RestorationSteps:
             return max_steps, "step"
         raise ValueError("cosine annealing needs a length: give the trainer max_epochs or max_steps, or set "
                          "optim cosine_epochs")
+
+    def on_fit_start(self) -> None:
+        """Under mixed precision, the network's weights go channels_last (the fast conv kernels' layout)."""
+        super().on_fit_start()  # type: ignore[misc]
+        if str(self.trainer.precision) in ("bf16-mixed", "16-mixed") and self.device.type in ("cpu", "cuda"):
+            to_channels_last(self.model)
 
     def on_train_start(self) -> None:
         """Re-derive each LambdaLR learning rate from its step count: a resumed checkpoint restores the
@@ -253,6 +265,7 @@ class RetrainConfig:
     limit_train_batches: int | float | None = None
     limit_val_batches: int | float | None = None
     progress: bool = True
+    precision: str = "fp32"                  # fp32, bf16, fp16 or auto (nas_restore/precision.py)
 
     def __post_init__(self) -> None:
         if isinstance(self.loss, dict):
@@ -270,6 +283,8 @@ class RetrainConfig:
             if value is not None and not value > 0:
                 raise ValueError(f"retrain.{name} must be > 0 (a count, or a fraction <= 1) or None, got {value}")
         self.optim()  # validates lr, weight_decay, min_lr
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"retrain.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
     def optim(self) -> OptimConfig:
         return OptimConfig(lr=self.lr, weight_decay=self.weight_decay, min_lr=self.min_lr)
@@ -286,6 +301,17 @@ class RetrainResult:
     best_checkpoint: Path
     metrics_csv: Path
     model_path: Path
+    precision: str = "fp32"  # what the network computed in (``auto`` resolved)
+
+
+class ShareThreads(Callback):
+    """At every epoch, torch's threads to this job's share of the cores (jobs started or ended since)."""
+
+    def __init__(self, workers: int = 0) -> None:
+        self.workers = workers
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        share_threads(self.workers)
 
 
 class _EpochTimer(Callback):
@@ -422,13 +448,14 @@ def retrain(model: nn.Module, train_data: Dataset, val_data: Dataset, config: Re
     _check_dataset(train_data, "train_data")
     _check_dataset(val_data, "val_data")
     device = resolve_device(config.device)
+    precision = resolve_precision(config.precision, device)
     accelerator, devices = lightning_accelerator(device, config.devices)
     ckpt_dir = out_dir / "checkpoints"
     last_ckpt = ckpt_dir / "last.ckpt"
     out_dir.mkdir(parents=True, exist_ok=True)
 
     start = time.perf_counter()
-    with _quiet_lightning():
+    with _quiet_lightning(), JobSlot():  # counted among the running jobs (threads: this job's share)
         seed_everything(config.seed)
         pin = device.type == "cuda"
         loader_kwargs = dict(batch_size=config.batch_size, num_workers=config.num_workers, pin_memory=pin,
@@ -456,8 +483,9 @@ def retrain(model: nn.Module, train_data: Dataset, val_data: Dataset, config: Re
             strategy=trainer_strategy(config.devices, config.num_nodes),
             default_root_dir=out_dir,
             logger=make_loggers(out_dir),
-            callbacks=[checkpoint, latest, timer],
+            callbacks=[checkpoint, latest, timer, ShareThreads(config.num_workers)],
             gradient_clip_val=config.grad_clip,
+            precision=precision.lightning,
             enable_progress_bar=config.progress,
             enable_model_summary=False,
             log_every_n_steps=max(1, min(50, len(train_loader))),
@@ -489,13 +517,13 @@ def retrain(model: nn.Module, train_data: Dataset, val_data: Dataset, config: Re
     model_path = out_dir / "model.pt"
     save_weights(model, model_path, best_epoch=int(best["epoch"]) if scored else -1,
                  best_val_psnr=float(best["val_psnr"]), best_val_ssim=float(best["val_ssim"]),
-                 config=_plain(asdict(config)))
+                 config=_plain(asdict(config)), precision=precision.name)
     seconds = time.perf_counter() - start
-    log.info("retrain: %d epoch(s) in %.1f s, best val_psnr %.3f dB at epoch %s", timer.epochs_run, seconds,
-             best["val_psnr"], best["epoch"])
+    log.info("retrain: %d epoch(s) in %.1f s (%s), best val_psnr %.3f dB at epoch %s", timer.epochs_run, seconds,
+             precision.name, best["val_psnr"], best["epoch"])
     return RetrainResult(best_val_psnr=float(best["val_psnr"]), best_val_ssim=float(best["val_ssim"]),
                          epochs_run=timer.epochs_run, seconds=seconds, best_checkpoint=best_path,
-                         metrics_csv=metrics_csv, model_path=model_path)
+                         metrics_csv=metrics_csv, model_path=model_path, precision=precision.name)
 
 
 def _plain(value: Any) -> Any:

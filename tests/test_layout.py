@@ -57,7 +57,8 @@ def test_no_import_circle_among_the_modules():
 # docs/architecture.md's layers, in data-flow order: a module imports only from its own layer or those above
 LAYERS = {
     "foundation": ["nas_restore", "nas_restore.errors", "nas_restore.registry", "nas_restore.config",
-                   "nas_restore.seeding", "nas_restore.device"],
+                   "nas_restore.seeding", "nas_restore.device", "nas_restore.precision",
+                   "nas_restore.threads"],
     "measures and operations": ["nas_restore.metrics", "nas_restore.profiling", "nas_restore.ops", "nas_restore.flow"],
     "data": ["nas_restore.data", "nas_restore.data.folders", "nas_restore.data.synthetic", "nas_restore.datasets"],
     "losses": ["nas_restore.losses", "nas_restore.contrastive", "nas_restore.temporal"],

@@ -16,7 +16,7 @@ from nas_restore.registry import Registry
 def _load_builtin() -> None:
     # imported every time (a no-op once loaded): a strategy module imported on its own registers only its
     # own strategies, so a non-empty registry does not mean that the built-ins are all there
-    from strategies import differentiable, multi_trial, second_order, triple_level  # noqa: F401  (register themselves)
+    from strategies import differentiable, multi_trial, partial_channel, second_order, single_path, triple_level  # noqa: F401,E501
 
 
 STRATEGIES: Registry["StrategySpec"] = Registry("strategy", listing="nas-restore strategies", load=_load_builtin)

@@ -31,7 +31,8 @@ def _gumbel_darts_class() -> type:
     from nni.nas.strategy import GumbelDARTS
 
     class HardableGumbelDARTS(GumbelDARTS):
-        """NNI's GumbelDARTS; ``hard`` makes the forward pass one-hot (straight-through), as GDAS."""
+        """NNI's GumbelDARTS; ``hard`` makes the forward pass one-hot (straight-through) and runs only the
+        sampled candidate of each edge, as GDAS (strategies.single_path)."""
 
         def __init__(self, *, hard: bool = False, **kwargs):
             super().__init__(**kwargs)
@@ -41,6 +42,14 @@ def _gumbel_darts_class() -> type:
             softmax = super().configure_softmax()
             softmax.hard = self.hard
             return softmax
+
+        def default_mutation_hooks(self):
+            hooks = super().default_mutation_hooks()
+            if self.hard:  # GDAS: LayerChoices and factory cells run only their sampled candidate
+                from strategies.single_path import hard_gumbel_hooks
+
+                hooks = hard_gumbel_hooks() + hooks
+            return hooks
 
     return HardableGumbelDARTS
 
@@ -61,7 +70,8 @@ register_strategy(StrategySpec(
     family="differentiable",
     description="GDAS-style Gumbel-softmax DARTS (Dong & Yang 2019), NNI's GumbelDARTS: the edge weights are "
                 "Gumbel-softmax samples of the alphas, temperature annealed linearly from temperature_init to "
-                "temperature_min over the epochs; hard=True samples one-hot (straight-through)",
+                "temperature_min over the epochs; hard=True samples one-hot (straight-through) and runs only the "
+                "sampled op of each edge, forward and backward",
     make=_gdas,
     defaults={"arc_learning_rate": 3e-4, "gradient_clip_val": 5.0, "warmup_epochs": 0,
               "temperature_init": 10.0, "temperature_min": 0.1, "hard": False},

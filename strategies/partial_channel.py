@@ -22,7 +22,7 @@ from __future__ import annotations
 import collections
 import functools
 import logging
-from typing import Any, Mapping
+from typing import Mapping
 
 import torch
 from torch import nn

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import statistics
 import sys
 import tempfile
@@ -122,6 +123,7 @@ def main() -> int:
     parser.add_argument("--items", type=int, default=256, help="synthetic data: training items")
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs (medians)")
     parser.add_argument("--report", default="reports/epoch_split_cpu.md")
+    parser.add_argument("--label", default=None, help="what this run measures, for the title (e.g. a commit)")
     args = parser.parse_args()
     load_before = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     data = DataConfig(folder=args.data, split=args.split, patch_size=args.patch, train_items=args.items,
@@ -134,9 +136,9 @@ def main() -> int:
             print(source, precision, {k: round(v, 3) for k, v in row.items()}, flush=True)
             rows.append([source, precision, int(row["steps per epoch"]), *(f"{row[c]:.2f}" for c in columns),
                          f"{100 * row['steps'] / row['retrain epoch']:.0f}%"])
-    command = " ".join(["python", "benchmarks/epoch_split.py", *sys.argv[1:]])
+    command = shlex.join(["python", "benchmarks/epoch_split.py", *sys.argv[1:]])
     lines = [
-        "# Where a retraining epoch's time goes",
+        "# Where a retraining epoch's time goes" + (f" ({args.label})" if args.label else ""),
         "",
         f"Regenerate: `{command}`",
         "",

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -67,7 +68,7 @@ def main() -> int:
     for precision in precisions:
         header += [f"PSNR trained {precision} (dB)", f"retrain s ({precision})"]
     header += [f"Δ trained {precisions[-1]} - {base} (dB)", f"Δ {precisions[-1]} inference of the {base} model (dB)"]
-    command = " ".join(["python", "benchmarks/precision_parity.py", *sys.argv[1:]])
+    command = shlex.join(["python", "benchmarks/precision_parity.py", *sys.argv[1:]])
     lines = [
         "# bf16 against fp32: the same genotypes retrained and scored in each precision",
         "",

@@ -246,3 +246,22 @@ def test_open_dataset_detects_layout(tmp_path):
         open_dataset(tmp_path / "vid", frames=3, split="fit")
     with pytest.raises(ValueError, match="odd"):
         open_dataset(tmp_path / "imgs", frames=2)
+
+
+def test_paired_folder_decodes_each_file_once_within_its_memory_bound(tmp_path, monkeypatch):
+    from nas_restore.data import folders
+
+    root = _pairs(tmp_path, ["1.png", "2.png", "3.png"])
+    decoded = []
+    real = folders.load_image
+    monkeypatch.setattr(folders, "load_image", lambda path: decoded.append(Path(path).name) or real(path))
+    ds = PairedImageFolder(root, patch_size=8, augment=True)
+    first = [ds[i] for i in range(3)]
+    again = [ds[i] for i in range(3)]  # a second epoch: fresh crops, no decoding
+    assert len(decoded) == 6 and any(not torch.equal(a[1], b[1]) for a, b in zip(first, again))
+    one_pair = 2 * 20 * 24 * 3 * 4  # bytes of one decoded float32 pair
+    monkeypatch.setattr(folders, "IMAGE_CACHE_BYTES", one_pair)
+    small = PairedImageFolder(root)
+    decoded.clear()
+    small[0], small[1], small[0]
+    assert len(decoded) == 6 and small._cache.bytes <= one_pair  # pair 0 was evicted by pair 1

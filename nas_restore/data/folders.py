@@ -203,11 +203,21 @@ def _name_id(name: str, root: Path) -> int:
 # cropping and caching
 
 
-class _Cache:
-    """A small LRU of loaded images: windows of neighbouring frames share most of their files."""
+IMAGE_CACHE_BYTES = 1 << 30  # decoded image pairs a dataset keeps in memory (float32: ~0.6 GiB for Rain100L's 54 fit pairs)
 
-    def __init__(self, size: int):
-        self.size, self.items = max(1, size), OrderedDict()
+
+class _Cache:
+    """A least-recently-used store of decoded images, bounded in entries and in bytes.
+
+    Windows of neighbouring frames share most of their files; a training epoch over image pairs crops
+    a small patch from every image, and decoding the two PNGs anew each time cost more than the
+    network's own step (reports/epoch_split_cpu.md). Callers copy what they take (``_to_tensor``).
+    """
+
+    def __init__(self, size: int | None = None, max_bytes: int | None = None):
+        self.size, self.max_bytes = size, max_bytes
+        self.items: OrderedDict[Path, np.ndarray] = OrderedDict()
+        self.bytes = 0
 
     def load(self, path: Path) -> np.ndarray:
         if path in self.items:
@@ -215,8 +225,11 @@ class _Cache:
             return self.items[path]
         img = load_image(path)
         self.items[path] = img
-        if len(self.items) > self.size:
-            self.items.popitem(last=False)
+        self.bytes += img.nbytes
+        while self.items and ((self.size is not None and len(self.items) > self.size)
+                              or (self.max_bytes is not None and self.bytes > self.max_bytes)):
+            _, old = self.items.popitem(last=False)
+            self.bytes -= old.nbytes
         return img
 
 
@@ -306,6 +319,7 @@ class PairedImageFolder(Dataset):
                                 f"input and target of a pair must have the same size")
         self._pairs = pairs
         self.names = [p[0] for p in pairs]
+        self._cache = _Cache(max_bytes=IMAGE_CACHE_BYTES)
 
     def _select_split(self, pairs: list[tuple[str, Path, Path]], split: str) -> list[tuple[str, Path, Path]]:
         splits = read_splits(self.root)
@@ -336,7 +350,7 @@ class PairedImageFolder(Dataset):
         if not 0 <= index < len(self._pairs):
             raise IndexError(f"index {index} out of range for {len(self._pairs)} pairs")
         _, a, b = self._pairs[index]
-        rainy, clean = load_image(a), load_image(b)
+        rainy, clean = self._cache.load(a), self._cache.load(b)
         if rainy.shape != clean.shape:
             raise DataError(f"size mismatch: {a} is {rainy.shape[:2]} but {b} is {clean.shape[:2]}")
         rng = _item_rng(self.seed, index, self.augment)

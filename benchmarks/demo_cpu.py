@@ -12,9 +12,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 
 from nas_restore.demo import DemoConfig, run_demo
+from nas_restore.report_common import write_report
 from nas_restore.study import machine_info, machine_line
 
 
@@ -68,9 +68,7 @@ def main() -> int:
         "data, so the gain says the pipeline works end to end, not how the network does on real rain.",
         "",
     ]
-    report = Path(args.report)
-    report.parent.mkdir(parents=True, exist_ok=True)
-    report.write_text("\n".join(lines))
+    write_report(args.report, lines)
     print("\n".join(lines))
     return 0
 

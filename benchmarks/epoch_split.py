@@ -37,7 +37,7 @@ from nas_restore.datasets import DataConfig, train_val_datasets
 from nas_restore.losses import LossConfig, RestorationLoss, ssim_torch
 from nas_restore.metrics import psnr_torch
 from nas_restore.precision import full_precision, resolve_precision
-from nas_restore.report_common import markdown_table
+from nas_restore.report_common import markdown_table, write_report
 from nas_restore.sources import load_genotype
 from nas_restore.study import machine_info, machine_line
 from nas_restore.training import RetrainConfig, retrain
@@ -155,9 +155,7 @@ def main() -> int:
         "callbacks, hooks); `network share` = steps / retrain epoch.",
         "",
     ]
-    report = Path(args.report)
-    report.parent.mkdir(parents=True, exist_ok=True)
-    report.write_text("\n".join(lines))
+    write_report(args.report, lines)
     print("\n".join(lines))
     return 0
 

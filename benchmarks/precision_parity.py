@@ -24,7 +24,7 @@ from nas_restore.build import load_trained
 from nas_restore.evaluation import evaluate_folder
 from nas_restore.precision import resolve_precision
 from nas_restore.rank import RankConfig, run_rank
-from nas_restore.report_common import fmt, markdown_table
+from nas_restore.report_common import fmt, markdown_table, write_report
 from nas_restore.study import machine_info, machine_line
 
 
@@ -89,9 +89,7 @@ def main() -> int:
         f"Input (rainy) PSNR on the evaluation data: {fmt(table.loc['rainy input', 'psnr'])} dB.",
         "",
     ]
-    report = Path(args.report)
-    report.parent.mkdir(parents=True, exist_ok=True)
-    report.write_text("\n".join(lines))
+    write_report(args.report, lines)
     print("\n".join(lines))
     return 0
 

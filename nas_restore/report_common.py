@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import shlex
 import sys
+from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 
@@ -54,4 +55,12 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["command_line", "fmt", "fmt_count", "mean_std", "markdown_table"]
+def write_report(path: str | Path, lines: Sequence[str]) -> Path:
+    """Write a Markdown report (its folder made as needed); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines))
+    return path
+
+
+__all__ = ["command_line", "fmt", "fmt_count", "mean_std", "markdown_table", "write_report"]

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -172,8 +171,13 @@ def peak_line(peaks: dict[str, dict[str, Any]]) -> str:
             + f" (one 96->96 3x3 conv on {'x'.join(map(str, some['shape']))}, median of {some['repeats']})")
 
 
+LOAD_BEFORE = "n/a"  # set by main: the load average when the run started
+
+
 def write_report(rows: list[dict[str, Any]], args: argparse.Namespace, path: Path, command: str,
                  peaks: dict[str, dict[str, Any]] | None = None) -> str:
+    from nas_restore.study import machine_info, machine_line
+
     peaks = peaks or {}
     first = rows[0]
     demo = _demo_psnr(Path(args.demo_run)) if args.demo_run else None
@@ -182,8 +186,7 @@ def write_report(rows: list[dict[str, Any]], args: argparse.Namespace, path: Pat
         "",
         f"Made by `{command}`.",
         "",
-        f"Device: {first['device']} ({platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs), "
-        f"torch {first['torch']} with {first['threads']} thread(s); Python {platform.python_version()}.",
+        f"Machine: {machine_line(machine_info(first['device']))}; load before the run: {LOAD_BEFORE}.",
         f"Inference: one {args.width}x{args.height} frame per pass from a window of T frames, whole frame (no "
         f"tiles), {args.warmup} warm-up + {args.repeats} timed pass(es), median. Training step: batch "
         f"{args.train_batch} of {args.train_patch}x{args.train_patch} px, L1 + SSIM, Adam, median of "
@@ -241,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--child-precision", default="fp32", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    global LOAD_BEFORE
+    LOAD_BEFORE = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     if args.warmup < 1 or args.repeats < 1:
         parser.error("--warmup and --repeats must be >= 1")
     if args.child:

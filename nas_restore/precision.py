@@ -79,6 +79,12 @@ class Precision:
         """Lightning's ``Trainer(precision=...)`` value (it runs autocast and, for fp16, the grad scaler)."""
         return _LIGHTNING[self.name]
 
+    @classmethod
+    def from_lightning(cls, value: str, device_type: str) -> "Precision":
+        """The precision a Lightning ``Trainer(precision=...)`` value stands for (what a training loop runs in)."""
+        names = {flag: name for name, flag in _LIGHTNING.items()}
+        return cls(names.get(str(value), "fp32"), device_type)
+
     def autocast(self) -> contextlib.AbstractContextManager:
         """The context a network's forward runs in (a no-op for fp32)."""
         if not self.mixed:

@@ -39,7 +39,8 @@ from nas_restore.report_common import fmt, fmt_count, markdown_table
 from nas_restore.retraining import RetrainRunConfig, run_retrain
 from nas_restore.run_records import GENOTYPE
 from nas_restore.seeding import seed_everything
-from nas_restore.sources import load_genotype, random_count, random_genotypes, source_label, space_genotype
+from nas_restore.sources import (load_genotype, random_count, random_genotypes, source_label, space_genotype,
+                                 with_frames)
 from nas_restore.study import (HeldOutConfig, changed_fields, held_out_test, machine_info, machine_section,
                                protocol_section, read_json, refuse_changed_settings, regenerate_section, run_unit,
                                write_json)
@@ -175,12 +176,12 @@ def _frames_like(genotype: Genotype, like: Genotype) -> Genotype:
     """A baseline of another space (e.g. rescnn) taking as many input frames as ``like`` does, so that
     every row reads the same data; only spaces without architecture choices are rebuilt."""
     frames = like.space_config.get("frames")
-    if frames is None or genotype.space_config.get("frames") == frames or genotype.cells:
+    if frames is None or genotype.cells or "frames" not in genotype.space_config:
         return genotype
-    spec = find_space(genotype.space)
-    space_config = spec.config_class.from_dict({**genotype.space_config, "frames": frames})
-    meta = {**(genotype.metadata or {}), "note": f"input frames set to {frames}, as the like genotype's"}
-    return spec.to_genotype({}, space_config, meta)
+    changed = with_frames(genotype, int(frames))
+    if changed is not genotype:
+        changed.metadata = {**(changed.metadata or {}), "note": f"input frames set to {frames}, as the like genotype's"}
+    return changed
 
 
 def resolve_entries(items: list[str], config: RankConfig) -> list[Entry]:

@@ -30,7 +30,7 @@ from nas_restore.build import save_weights
 from nas_restore.device import lightning_accelerator, resolve_device
 from nas_restore.losses import LossConfig, RestorationLoss, ssim_torch
 from nas_restore.metrics import MAX_PSNR, psnr_torch
-from nas_restore.precision import PRECISIONS, full_precision, resolve_precision, to_channels_last
+from nas_restore.precision import PRECISIONS, Precision, full_precision, resolve_precision
 from nas_restore.seeding import seed_everything
 from nas_restore.threads import JobSlot, share_threads
 
@@ -192,8 +192,7 @@ class RestorationSteps:
     def on_fit_start(self) -> None:
         """Under mixed precision, the network's weights go channels_last (the fast conv kernels' layout)."""
         super().on_fit_start()  # type: ignore[misc]
-        if str(self.trainer.precision) in ("bf16-mixed", "16-mixed") and self.device.type in ("cpu", "cuda"):
-            to_channels_last(self.model)
+        Precision.from_lightning(self.trainer.precision, self.device.type).prepare(self.model)
 
     def on_train_start(self) -> None:
         """Re-derive each LambdaLR learning rate from its step count: a resumed checkpoint restores the

@@ -20,6 +20,7 @@ import torch
 from skimage import io
 from tqdm.auto import tqdm
 
+from nas_restore.build import check_frames
 from nas_restore.data.folders import VideoClipFolder, open_dataset
 from nas_restore.device import resolve_device
 from nas_restore.metrics import Protocol, psnr, ssim
@@ -97,22 +98,26 @@ def _mean(values: list[float]) -> float:
 
 
 def evaluate_folder(root: str | Path, model: Callable[[torch.Tensor], torch.Tensor] | None = None, *,
-                    protocol: Protocol = Protocol(), frames: int = 1, device: str | torch.device = "cpu",
+                    protocol: Protocol = Protocol(), frames: int | None = None, device: str | torch.device = "cpu",
                     save_outputs: str | Path | None = None, split: str | None = None,
-                    progress: bool = True, temporal: bool = True) -> EvaluationResult:
+                    progress: bool = True, temporal: bool = True,
+                    model_frames: int | None = None) -> EvaluationResult:
     """Score every item of an image-pair or video-clip folder (full frames, no crops).
 
     model: ``None`` scores the rainy input (centre frame) against the target; otherwise any callable
         taking ``[1, T, 3, H, W]`` and returning ``[1, 3, H, W]``, run under ``torch.no_grad()`` (an
         ``nn.Module`` is moved to ``device`` and put in eval mode for the run, its mode restored after).
     frames: window length T given to the model (video clips: neighbours, edges replicated; image pairs:
-        the image repeated).
+        the image repeated); odd and >= 1. ``None``: ``model_frames``, or 1.
+    model_frames: the frames the model was trained on (:func:`nas_restore.build.input_frames` of its
+        genotype), when known: a different ``frames`` is refused before the model runs.
     Video clips also get the *warping error* (Lai et al., ECCV 2018; see :mod:`nas_restore.temporal`) of
     each frame against the previous one of its clip: ``warp_error`` (the model's output, or the input when
     there is no model), ``warp_error_input`` and ``warp_error_clean`` (the floor flow errors leave); a
     clip's first frame has none (NaN) and the means skip it. ``temporal=False`` turns it off.
     save_outputs: folder for the model's outputs as 8-bit PNGs (``<name>.png``; clips ``<clip>/<frame>.png``).
     """
+    frames = check_frames(frames, model_frames if model is not None else None, flag="frames")
     dataset = open_dataset(root, frames=frames, split=split)
     dev = resolve_device(str(device)) if model is not None else torch.device("cpu")
     out_dir = Path(save_outputs) if save_outputs is not None else None

@@ -11,13 +11,15 @@ constants, and that silent wrong answer is refused with an error.
 from __future__ import annotations
 
 import logging
+import numbers
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from nas_restore.build import load_trained
+from nas_restore.build import input_frames, load_trained
 from nas_restore.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -45,12 +47,36 @@ def _check(loaded, model: nn.Module, shape: tuple[int, ...]) -> float:
         return float((loaded(x) - model(x)).abs().max())
 
 
-def export_model(model: nn.Module, frames: int, out: str | Path, height: int = 64, width: int = 64) -> ExportResult:
-    """Export ``model`` ([1, T, 3, H, W] -> [1, 3, H, W]) to ``out``; see the module docstring."""
+def check_export_target(out: str | Path, height: int, width: int) -> Path:
+    """The output file, once the example size and ``out`` are known to work: a user's mistake is named
+    before the model is loaded or traced (minutes of work for a large network), not after."""
+    for name, value in (("--height", height), ("--width", width)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise ExportError(f"{name} must be a whole number of pixels (at least 16), got {value!r}")
     if min(height, width) < 16:
         raise ExportError(f"the example input must be at least 16x16 px, got height={height} width={width}: "
                           "raise --height/--width")
     out = Path(out)
+    if out.is_dir():
+        raise UserError(f"--out {out} is an existing folder: give a file path for the exported program, e.g. "
+                        f"--out {out / 'model.pt2'}")
+    if out.exists() and not out.is_file():
+        raise UserError(f"--out {out} exists and is not a regular file: give another --out")
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:  # the folder that will hold the new folders
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"--out {out}: {parent} is a file, not a folder, so nothing can be written under it; "
+                        f"give an --out inside a folder")
+    if not os.access(parent, os.W_OK | os.X_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        raise UserError(f"--out {out}: no permission to write {out if out.exists() else 'in ' + str(parent)}; "
+                        f"give an --out in a folder you can write to (or fix its permissions)")
+    return out
+
+
+def export_model(model: nn.Module, frames: int, out: str | Path, height: int = 64, width: int = 64) -> ExportResult:
+    """Export ``model`` ([1, T, 3, H, W] -> [1, 3, H, W]) to ``out``; see the module docstring."""
+    out = check_export_target(out, height, width)
     out.parent.mkdir(parents=True, exist_ok=True)
     model = model.cpu().eval()
     shape = (1, frames, 3, height, width)
@@ -94,8 +120,13 @@ def export_model(model: nn.Module, frames: int, out: str | Path, height: int = 6
 
 def export_checkpoint(checkpoint: str | Path, out: str | Path, height: int = 64, width: int = 64) -> ExportResult:
     """Export the ``model.pt`` written by ``nas-restore retrain`` (or its run folder)."""
+    check_export_target(out, height, width)  # before the (possibly large) model is loaded
+    source = Path(checkpoint) / "model.pt" if Path(checkpoint).is_dir() else Path(checkpoint)
+    if Path(out).resolve() == source.resolve():
+        raise UserError(f"--out {out} is the model file being exported: give another path (e.g. model.pt2) so "
+                        f"model.pt is not overwritten")
     model, genotype = load_trained(checkpoint)
-    return export_model(model, int(genotype.space_config.get("frames", 1)), out, height, width)
+    return export_model(model, input_frames(genotype), out, height, width)
 
 
 def load_exported(path: str | Path) -> nn.Module:
@@ -107,4 +138,4 @@ def load_exported(path: str | Path) -> nn.Module:
         return torch.jit.load(str(path))
 
 
-__all__ = ["ExportError", "ExportResult", "export_model", "export_checkpoint", "load_exported"]
+__all__ = ["ExportError", "ExportResult", "check_export_target", "export_model", "export_checkpoint", "load_exported"]

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from nas_restore.build import load_trained
+from nas_restore.build import check_frames, input_frames, load_trained
 from nas_restore.config import ConfigError
 from nas_restore.data.folders import IMAGE_SUFFIXES, DataError, image_size, list_images, load_image, window_indices
 from nas_restore.device import resolve_device
@@ -182,15 +182,20 @@ class Derainer:
     def __init__(self, model: nn.Module, frames: int, device: str | torch.device = "cpu", tile: int | None = 256,
                  overlap: int = 16, progress: bool = True, precision: str = "fp32"):
         check_tiles(tile, overlap)
+        frames = check_frames(frames, flag="frames")
         self.device = resolve_device(str(device))
         self.precision = resolve_precision(precision, self.device)
         self.model = self.precision.wrap(model.to(self.device).eval())
         self.frames, self.tile, self.overlap, self.progress = int(frames), tile, overlap, progress
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, **kwargs) -> "Derainer":
+    def from_checkpoint(cls, path: str | Path, frames: int | None = None, flag: str = "--frames",
+                        **kwargs) -> "Derainer":
+        """The model of a ``model.pt``; ``frames`` (the user's ``flag``) must be the model's own, if given:
+        a network's input frames are fixed by its weights, so any other count is refused before it runs."""
+        check_frames(frames, flag=flag)  # an impossible count fails before the file is read
         model, genotype = load_trained(path)
-        return cls(model, int(genotype.space_config.get("frames", 1)), **kwargs)
+        return cls(model, check_frames(frames, input_frames(genotype), flag=flag), **kwargs)
 
     def as_module(self) -> nn.Module:
         """The model as one module that tiles every call (when ``tile`` is set), e.g. for ``evaluate_folder``."""
@@ -265,7 +270,8 @@ class Derainer:
         if mode not in ("auto", "images", "frames"):
             raise ConfigError(f"derain mode must be auto, images or frames, got {mode!r}")
         if not source.exists():
-            raise DataError(f"derain input not found: {source}")
+            raise DataError(f"derain input not found: {source}; give an image, a folder of images or frames, or a "
+                            "video file")
         if source.resolve() == out_dir.resolve():
             raise DataError(f"--out {out_dir} is the input folder: give another folder so inputs are not overwritten")
         if source.is_file():
@@ -278,7 +284,7 @@ class Derainer:
             if suffix in IMAGE_SUFFIXES:
                 return self.images([source], out_dir)
             raise DataError(f"{source}: not an image ({sorted(IMAGE_SUFFIXES)}) or a video "
-                            f"({sorted(VIDEO_SUFFIXES)}) file")
+                            f"({sorted(VIDEO_SUFFIXES)}) file: give one of those, or a folder of images")
         paths = list_images(source)
         if not paths:
             raise DataError(f"no images in {source} (looked for {sorted(IMAGE_SUFFIXES)}); for a video pass the file")

@@ -14,7 +14,7 @@ from tests._tiny_model import tiny_genotype, write_model
 
 
 def run(capsys, *argv):
-    code = cli.main(list(argv))
+    code = cli.main([str(a) for a in argv])
     out, err = capsys.readouterr()
     return code, out, err
 

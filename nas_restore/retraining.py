@@ -6,13 +6,13 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from torch.utils.data import Dataset
 
 from nas_restore import config as cfg
-from nas_restore.build import build_model
+from nas_restore.build import build_model, store_genotype
 from nas_restore.datasets import DataConfig, synthetic_split, train_val_datasets
 from nas_restore.genotype import Genotype, GenotypeError
+from nas_restore.outputs import RunLock, check_run_folder
 from nas_restore.seeding import seed_everything
 from nas_restore.sources import load_genotype
 from nas_restore.temporal import TemporalPairs
@@ -37,12 +37,19 @@ def run_retrain(genotype: Genotype | str | Path, config: RetrainRunConfig, out_d
                               "checkpoints and metrics")
     if not isinstance(genotype, Genotype):
         genotype = load_genotype(genotype)
+    check_run_folder(out_dir, "retrain")  # a search's run folder is not overwritten (it has genotype.json too)
     _refuse_foreign_run(out_dir, genotype)
+    # one command per folder: a second retraining into it now would mix its checkpoints with this one's
+    with RunLock(out_dir, kind="retrain"):
+        return _retrain_into(genotype, config, out_dir)
+
+
+def _retrain_into(genotype: Genotype, config: RetrainRunConfig, out_dir: Path) -> RetrainResult:
+    """The retraining itself, in a folder claimed and locked by :func:`run_retrain`."""
     # the initial weights depend on --seed only, not on whatever ran before in this process
     seed_everything(config.train.seed)
     model = build_model(genotype)
     frames = int(genotype.space_config.get("frames", 1))
-    out_dir.mkdir(parents=True, exist_ok=True)
     genotype.save(out_dir / "genotype.json")
     cfg.save_yaml(config, out_dir / "config.yaml")
     train_data, val_data = train_val_datasets(config.data, frames, config.train.seed)
@@ -52,9 +59,7 @@ def run_retrain(genotype: Genotype | str | Path, config: RetrainRunConfig, out_d
              sum(p.numel() for p in model.parameters()), len(train_data), len(val_data))
     result = retrain(model, train_data, val_data, config.train, out_dir)
     # the weights file also carries the genotype, so `evaluate`/`derain` need nothing else
-    blob = torch.load(result.model_path, map_location="cpu", weights_only=True)
-    blob["genotype"] = genotype.to_dict()
-    torch.save(blob, result.model_path)
+    store_genotype(result.model_path, genotype)  # with its fingerprint: an edit later is refused
     return result
 
 

@@ -8,8 +8,10 @@ This module never imports NNI: a retrained model must not need it.
 from __future__ import annotations
 
 import csv
+import inspect
 import logging
 import math
+import pickle
 import re
 import time
 import warnings
@@ -24,12 +26,14 @@ import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from nas_restore.build import save_weights
 from nas_restore.device import lightning_accelerator, resolve_device
+from nas_restore.errors import UserError
 from nas_restore.losses import LossConfig, RestorationLoss, ssim_torch
 from nas_restore.metrics import MAX_PSNR, psnr_torch
+from nas_restore.outputs import RunLock
 from nas_restore.precision import PRECISIONS, Precision, full_precision, resolve_precision
 from nas_restore.seeding import seed_everything
 from nas_restore.threads import JobSlot, share_threads
@@ -433,6 +437,24 @@ def _write_metrics(rows: list[dict[str, float]], path: Path) -> None:
             writer.writerow({**row, "epoch": int(row["epoch"])})
 
 
+class EpochShuffle(Sampler[int]):
+    """A random order of ``n`` items drawn anew each epoch from ``(seed, epoch)`` only, never from the global
+    RNG: resuming at epoch k replays epoch k's order exactly (the global RNG's state is not in last.ckpt)."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(1_000_003 * self.seed + self.epoch)
+        return iter(torch.randperm(self.n, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
 def retrain(model: nn.Module, train_data: Dataset, val_data: Dataset, config: RetrainConfig,
             out_dir: Path) -> RetrainResult:
     """Train ``model`` from its current weights on ``train_data``, keep the best epoch by ``val_psnr``.
@@ -440,18 +462,26 @@ def retrain(model: nn.Module, train_data: Dataset, val_data: Dataset, config: Re
     Writes into ``out_dir``: ``checkpoints/best.ckpt`` and ``last.ckpt`` (Lightning), ``logs/`` (CSV
     logger), ``metrics.csv`` (one row per epoch) and ``model.pt`` (plain weights of the best epoch).
     If ``checkpoints/last.ckpt`` exists the run resumes from it, so a killed run can be restarted
-    with the same call (the data order after resuming differs from an uninterrupted run).
+    with the same call: the data order of every epoch depends on (seed, epoch) alone, and Lightning restores
+    the weights, the optimiser, the schedule and the epoch, so it ends where an uninterrupted run would.
     On return ``model`` holds the best weights, on the CPU.
     """
     out_dir = Path(out_dir)
     _check_dataset(train_data, "train_data")
     _check_dataset(val_data, "val_data")
+    # a retraining folder, one command at a time, up to model.pt (re-entrant: run_retrain already holds it)
+    with RunLock(out_dir, kind="retrain"):
+        return _retrain_locked(model, train_data, val_data, config, out_dir)
+
+
+def _retrain_locked(model: nn.Module, train_data: Dataset, val_data: Dataset, config: RetrainConfig,
+                    out_dir: Path) -> RetrainResult:
+    """:func:`retrain` in its claimed and locked folder."""
     device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
     accelerator, devices = lightning_accelerator(device, config.devices)
     ckpt_dir = out_dir / "checkpoints"
     last_ckpt = ckpt_dir / "last.ckpt"
-    out_dir.mkdir(parents=True, exist_ok=True)
 
     start = time.perf_counter()
     with _quiet_lightning(), JobSlot():  # counted among the running jobs (threads: this job's share)
@@ -459,7 +489,9 @@ def retrain(model: nn.Module, train_data: Dataset, val_data: Dataset, config: Re
         pin = device.type == "cuda"
         loader_kwargs = dict(batch_size=config.batch_size, num_workers=config.num_workers, pin_memory=pin,
                              persistent_workers=config.num_workers > 0)
-        train_loader = DataLoader(train_data, shuffle=True, **loader_kwargs)
+        # the order of an epoch is a function of (seed, epoch) alone: a run resumed from last.ckpt sees the
+        # batches that an uninterrupted one would (Lightning calls set_epoch before every epoch)
+        train_loader = DataLoader(train_data, sampler=EpochShuffle(len(train_data), config.seed), **loader_kwargs)
         val_loader = DataLoader(val_data, shuffle=False, **loader_kwargs)
 
         module = RestorationModule(model, config.loss, config.optim())
@@ -492,8 +524,9 @@ def retrain(model: nn.Module, train_data: Dataset, val_data: Dataset, config: Re
         )
         resume = last_ckpt if last_ckpt.is_file() else None
         if resume is not None:
+            check_resume_checkpoint(resume, module)
             log.info("resuming from %s", resume)
-        trainer.fit(module, train_loader, val_loader, ckpt_path=resume)
+        trainer.fit(module, train_loader, val_loader, ckpt_path=resume, **_weights_only_fit(trainer))
 
     if not trainer.is_global_zero:  # DDP: rank 0 alone writes the summary files and model.pt
         return RetrainResult(best_val_psnr=math.nan, best_val_ssim=math.nan, epochs_run=timer.epochs_run,
@@ -523,6 +556,49 @@ def retrain(model: nn.Module, train_data: Dataset, val_data: Dataset, config: Re
     return RetrainResult(best_val_psnr=float(best["val_psnr"]), best_val_ssim=float(best["val_ssim"]),
                          epochs_run=timer.epochs_run, seconds=seconds, best_checkpoint=best_path,
                          metrics_csv=metrics_csv, model_path=model_path, precision=precision.name)
+
+
+# what Lightning needs of a checkpoint to resume a fit (a save_weights_only or foreign file lacks some)
+_RESUME_KEYS = ("epoch", "global_step", "state_dict", "optimizer_states", "lr_schedulers", "loops")
+
+
+def check_resume_checkpoint(path: Path, module: nn.Module) -> None:
+    """Refuse a ``last.ckpt`` that Lightning could not resume from, before ``trainer.fit`` meets it.
+
+    A truncated file (a run killed while saving, a full disk) or one of another network would otherwise stop
+    the run deep inside Lightning with a traceback. Read with ``weights_only=True`` said explicitly, so that
+    no torch version (nor ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``) unpickles code from a file in the folder.
+    """
+    fix = f"delete {path} to start this retraining afresh (or the whole folder), or pass another --out"
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, TypeError, AttributeError,
+            ImportError) as err:  # truncated, not a torch file, or objects that weights_only refuses to build
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0].split(". ")[0][:160]
+        raise UserError(f"{path} cannot be read as a checkpoint ({type(err).__name__}: {reason}): {fix}") from None
+    if not isinstance(checkpoint, dict):
+        raise UserError(f"{path} holds a {type(checkpoint).__name__}, not a Lightning checkpoint: {fix}")
+    missing = [key for key in _RESUME_KEYS if key not in checkpoint]
+    if missing or not isinstance(checkpoint["state_dict"], dict):
+        raise UserError(f"{path} is not a resumable Lightning checkpoint of a retraining (it lacks "
+                        f"{', '.join(missing) or 'a state_dict'}): {fix}")
+    expected = module.state_dict()
+    found = checkpoint["state_dict"]
+    unknown, absent = sorted(set(found) - set(expected)), sorted(set(expected) - set(found))
+    shapes = [k for k in expected if k in found and getattr(found[k], "shape", None) != expected[k].shape]
+    if unknown or absent or shapes:
+        detail = "; ".join(part for part in (
+            f"unexpected {', '.join(unknown[:3])}" if unknown else "",
+            f"missing {', '.join(absent[:3])}" if absent else "",
+            f"other shapes for {', '.join(shapes[:3])}" if shapes else "") if part)
+        raise UserError(f"{path} holds the weights of another network ({detail}): {fix}")
+
+
+def _weights_only_fit(trainer: pl.Trainer) -> dict[str, bool]:
+    """``weights_only=True`` for ``trainer.fit`` where Lightning takes it (2.6 does): its own load of the resume
+    checkpoint then refuses pickled code on any torch; a Lightning without it leaves that to torch's default
+    (weights only since torch 2.6), after :func:`check_resume_checkpoint` has read the file safely."""
+    return {"weights_only": True} if "weights_only" in inspect.signature(trainer.fit).parameters else {}
 
 
 def _plain(value: Any) -> Any:

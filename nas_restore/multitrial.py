@@ -11,6 +11,10 @@ is recorded as failed and the search goes on.
 Each trial writes its row to ``trials/<...>.json`` in the run folder (from the search process in
 the sequential engine, from its own process in the training-service engine); the search process
 then writes ``trials.csv``, ``anytime.csv`` and, with a cost objective, ``pareto.csv``.
+
+Trial processes read their job from a plain-JSON job file (``multitrial_job.json``, data only, never a
+pickle: a run folder may come from anyone) and rebuild the datasets from the config with the
+search's own function, so they are the search's datasets (deterministic by seed).
 """
 
 from __future__ import annotations
@@ -20,7 +24,6 @@ import json
 import logging
 import math
 import os
-import pickle
 import time
 import uuid
 import warnings
@@ -31,8 +34,11 @@ from typing import Any, Sequence
 import torch
 from torch.utils.data import DataLoader
 
+from nas_restore import config as cfg
 from nas_restore.config import ConfigError
+from nas_restore.datasets import train_val_datasets
 from nas_restore.device import lightning_accelerator
+from nas_restore.errors import UserError
 from nas_restore.nni_layer import ChoiceSpace, decode_choices, space_choices
 from nas_restore.nni_layer.runner import nni_trial_id, report_final_metric, run_multitrial_experiment
 from nas_restore.precision import resolve_precision
@@ -74,8 +80,9 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
 
 @dataclass
 class TrialJob:
-    """What every trial needs: kept in memory for in-process trials (sequential engine), pickled into
-    the run folder for trial processes (training-service engine)."""
+    """What every trial needs: kept in memory for in-process trials (sequential engine); for trial
+    processes (training-service engine) written as plain JSON (:func:`write_job`) and rebuilt from it
+    (:func:`read_job`), datasets included, so that no code or pickle ever sits in the run folder."""
 
     config: Any                  # SearchConfig
     space: str                   # the space's name or file path (found again with find_space)
@@ -93,10 +100,107 @@ class TrialJob:
 
 _JOBS: dict[Any, TrialJob] = {}
 _MEMORY = "memory:"
+JOB_FORMAT = "nas-restore multi-trial job"
+JOB_VERSION = 1
+MAX_JOB_BYTES = 16 * 2**20  # a job is a few kB: anything near this is not one
+_JOB_KEYS = {"format": str, "version": int, "token": str, "config": dict, "space": str, "space_config": dict,
+             "multiples": dict, "run_dir": str, "device": str, "started_wall": (int, float),
+             "deadline_wall": (int, float, type(None)), "cost": (str, type(None)), "threads": (int, type(None)),
+             "train_items": int, "val_items": int}
 
 
-def _load_job(path: str, relative: str | None = None) -> TrialJob:
-    """The job: in memory for the sequential engine's in-process trials, else the pickled file.
+def write_job(job: TrialJob, path: Path, token: str) -> Path:
+    """Write ``job`` as plain JSON for the trial processes (no datasets: they rebuild them from the config).
+
+    ``token`` (random per search, handed to the trials through NNI) lets a trial check that the file is
+    the one this search wrote. The config must survive the JSON round trip unchanged, or the trials
+    would train with other settings than the search reports.
+    """
+    data = {"format": JOB_FORMAT, "version": JOB_VERSION, "token": token, "config": cfg.to_dict(job.config),
+            "space": job.space, "space_config": job.space_config.to_dict(), "multiples": job.multiples,
+            "run_dir": job.run_dir, "device": job.device, "started_wall": job.started_wall,
+            "deadline_wall": job.deadline_wall, "cost": job.cost, "threads": job.threads,
+            "train_items": len(job.train_data), "val_items": len(job.val_data)}
+    try:
+        text = json.dumps(data, indent=1, allow_nan=False)
+        same = cfg.to_dict(cfg.from_dict(type(job.config), json.loads(text)["config"], "search")) == data["config"]
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"the search's settings cannot be written as JSON for the trial processes ({err}): give "
+                          "strategy_options and training_service as plain values (numbers, strings, lists, "
+                          "mappings), or run with parallel 1 and no training_service") from None
+    if not same:
+        raise ConfigError("the search's settings change when written as JSON for the trial processes: give them "
+                          "as plain values (numbers, strings, lists, mappings), or run with parallel 1 and no "
+                          "training_service")
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)  # whole files only: a trial may start reading at once
+    return path
+
+
+def _bad_job(path: Path, problem: str) -> UserError:
+    return UserError(f"{path} is not a usable multi-trial job file ({problem}): `nas-restore search` writes it for its "
+                     "own trial processes and deletes it when the search ends; start the search again rather than "
+                     "reusing, copying or editing the file")
+
+
+def read_job(path: str | Path, config_class: type, token: str | None = None) -> TrialJob:
+    """The job of a trial process, rebuilt from the JSON of :func:`write_job` (data only: nothing is unpickled).
+
+    The file is checked (size, format, version, the search's ``token``, every key's type) before
+    anything is built from it; the datasets are rebuilt with the search's own function
+    (:func:`~nas_restore.datasets.train_val_datasets`, deterministic by seed) and must have the sizes the
+    search had. A space given as ``path/to/file.py:Class`` is imported again from that path: the user
+    chose it on the search's command line, and the token ties the file to that search.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if size > MAX_JOB_BYTES:
+            raise _bad_job(path, f"{size / 2**20:.1f} MiB, a job is a few kB")
+        data = json.loads(path.read_text())
+    except OSError as err:
+        raise _bad_job(path, f"cannot be read: {err}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise _bad_job(path, f"not JSON: {err}") from None
+    if not isinstance(data, dict) or data.get("format") != JOB_FORMAT:
+        raise _bad_job(path, f"no {JOB_FORMAT!r} format field")
+    if data.get("version") != JOB_VERSION:
+        raise _bad_job(path, f"version {data.get('version')!r}, this nas-restore reads version {JOB_VERSION}")
+    wrong = [k for k, kinds in _JOB_KEYS.items()  # no field is a bool (which would pass as an int)
+             if k not in data or isinstance(data[k], bool) or not isinstance(data[k], kinds)]
+    if not wrong and not all(isinstance(m, dict) and isinstance(m.get("values"), list)
+                             and isinstance(m.get("single"), bool) for m in data["multiples"].values()):
+        wrong = ["multiples"]
+    if wrong:
+        raise _bad_job(path, f"missing or mistyped field(s) {', '.join(wrong)}")
+    if token is not None and data["token"] != token:
+        raise _bad_job(path, "written by another search (its token differs)")
+    try:
+        config = cfg.from_dict(config_class, data["config"], "config")
+        if config.space != data["space"]:
+            raise ValueError(f"space {data['space']!r} differs from the config's {config.space!r}")
+        spec = find_space(data["space"])
+        space_config = spec.config_class.from_dict(data["space_config"])
+    except (UserError, ValueError, TypeError, KeyError) as err:
+        raise _bad_job(path, str(err)) from None
+    seed_everything(config.seed)  # as the search did before building them
+    train_data, val_data = train_val_datasets(config.data, space_config.frames, config.seed)
+    if (len(train_data), len(val_data)) != (data["train_items"], data["val_items"]):
+        source = config.data.folder or "synthetic"
+        raise UserError(f"the trial's data differ from the search's: {len(train_data)}/{len(val_data)} train/val items "
+                        f"here, {data['train_items']}/{data['val_items']} in the search ({source}): give every "
+                        "trial machine the same data at the same path")
+    return TrialJob(config=config, space=data["space"], space_config=space_config, multiples=data["multiples"],
+                    train_data=train_data, val_data=val_data, run_dir=data["run_dir"], device=data["device"],
+                    started_wall=float(data["started_wall"]), deadline_wall=data["deadline_wall"], cost=data["cost"],
+                    threads=data["threads"])
+
+
+def _load_job(path: str, relative: str | None = None, token: str | None = None,
+              config_class: type | None = None) -> TrialJob:
+    """The job: in memory for the sequential engine's in-process trials, else the JSON job file.
 
     A remote trial runs in NNI's upload of the launch folder: there the job is at its relative path.
     """
@@ -104,19 +208,29 @@ def _load_job(path: str, relative: str | None = None) -> TrialJob:
         if path not in _JOBS:
             raise RuntimeError(f"no multi-trial job {path} in this process: in-memory jobs serve in-process trials")
         return _JOBS[path]
+    if config_class is None:
+        raise TypeError("a job file needs the config class to rebuild its config (run_multitrial passes it)")
     file = Path(path)
     if not file.is_file() and relative and Path(relative).is_file():
         file = Path(relative)
-    key = (str(file.resolve()), file.stat().st_mtime_ns)
+    try:
+        key = (str(file.resolve()), file.stat().st_mtime_ns, token)
+    except OSError as err:
+        raise _bad_job(file, f"cannot be read: {err}") from None
     if key not in _JOBS:
-        with file.open("rb") as fh:
-            _JOBS[key] = pickle.load(fh)
+        _JOBS[key] = read_job(file, config_class, token)
     return _JOBS[key]
 
 
-def run_trial(model: Any, job_path: str, job_relpath: str | None = None) -> None:
-    """NNI's evaluator function: train and score the network of one sampled architecture."""
-    job = _load_job(job_path, job_relpath)
+def run_trial(model: Any, job_path: str, job_relpath: str | None = None, job_token: str | None = None,
+              config_class: type | None = None) -> None:
+    """NNI's evaluator function: train and score the network of one sampled architecture.
+
+    In-process trials get an in-memory job; trial processes a JSON job file, with the search's
+    ``job_token`` and its ``config_class`` (NNI hands a class over by its import path, as it does this
+    function; this module cannot import the search's config class itself: the search imports this module).
+    """
+    job = _load_job(job_path, job_relpath, job_token, config_class)
     if job.threads:
         torch.set_num_threads(job.threads)
     started = time.time()
@@ -251,20 +365,15 @@ def run_multitrial(ctx: Any) -> tuple[dict[str, Any], dict[str, Any]]:
                    deadline_wall=None if remaining is None else now_wall + remaining, cost=cost, threads=threads)
     sequential = config.parallel == 1 and not config.training_service
     job_path = run_dir / JOB_FILE
-    if sequential:  # trials run in this process: no file, and datasets need not be picklable
+    if sequential:  # trials run in this process: no file, the job (datasets included) stays in memory
         arguments = {"job_path": f"{_MEMORY}{uuid.uuid4().hex}", "job_relpath": None}
         _JOBS[arguments["job_path"]] = job
-    else:
-        try:
-            with job_path.open("wb") as fh:
-                pickle.dump(job, fh)
-        except (pickle.PicklingError, TypeError, AttributeError) as err:
-            job_path.unlink(missing_ok=True)
-            raise ValueError(f"the search's data or settings cannot be sent to trial processes ({err}): run with "
-                             "parallel 1 and no training_service, or use picklable datasets") from None
-        relative = os.path.relpath(job_path.resolve(), Path.cwd()) if job_path.resolve().is_relative_to(Path.cwd()) \
-            else None
-        arguments = {"job_path": str(job_path.resolve()), "job_relpath": relative}
+    else:  # plain JSON; each trial process rebuilds the datasets from the config (read_job)
+        token = uuid.uuid4().hex
+        job_path = write_job(job, job_path, token).resolve()
+        relative = os.path.relpath(job_path, Path.cwd()) if job_path.is_relative_to(Path.cwd()) else None
+        arguments = {"job_path": str(job_path), "job_relpath": relative, "job_token": token,
+                     "config_class": type(config)}
     options = dict(config.strategy_options)
     if "seed" in ctx.strategy_spec.defaults and options.get("seed") is None:
         options["seed"] = config.seed

@@ -17,6 +17,8 @@ and columns here means one place to look up (or change) the layout:
 ``trials/``        per-trial records written by the trial processes
 ``nni/``           NNI's own experiment folder
 =================  ==========================================================================
+
+While a search runs trial processes, :data:`JOB_FILE` holds their job as plain JSON (never a pickle).
 """
 
 from __future__ import annotations
@@ -29,6 +31,12 @@ from typing import Any
 
 import pandas as pd
 
+from nas_restore.errors import UserError
+
+
+class RunRecordError(UserError, ValueError):
+    """A run folder's record (alphas.csv, ...) that cannot be read; the message names the file and the fix."""
+
 CONFIG = "config.yaml"
 LOG = "search.log"
 GENOTYPE = "genotype.json"
@@ -40,7 +48,7 @@ ANYTIME = "anytime.csv"
 TRIALS = "trials.csv"
 PARETO = "pareto.csv"
 TRIALS_DIR = "trials"
-JOB_FILE = "multitrial_job.pkl"
+JOB_FILE = "multitrial_job.json"  # plain data for the trial processes (never a pickle), gone when the search ends
 NNI_DIR = "nni"
 
 ALPHA_COLUMNS = ("step", "epoch", "label", "choice", "weight")
@@ -112,11 +120,11 @@ def load_alphas(path: str | Path) -> pd.DataFrame:
     try:
         frame = pd.read_csv(path)
     except (pd.errors.EmptyDataError, pd.errors.ParserError) as err:
-        raise ValueError(f"{path} cannot be read as CSV ({err}); re-run the search to regenerate it") from None
+        raise RunRecordError(f"{path} cannot be read as CSV ({err}); re-run the search to regenerate it") from None
     missing = [c for c in ALPHA_COLUMNS if c not in frame.columns]
     if missing:
-        raise ValueError(f"{path} lacks the column(s) {missing}; expected {', '.join(ALPHA_COLUMNS)} "
+        raise RunRecordError(f"{path} lacks the column(s) {missing}; expected {', '.join(ALPHA_COLUMNS)} "
                          "(written by `nas-restore search`)")
     if frame.empty:
-        raise ValueError(f"{path} has no rows: the search recorded no architecture weights (did it run a step?)")
+        raise RunRecordError(f"{path} has no rows: the search recorded no architecture weights (did it run a step?)")
     return frame.drop_duplicates(["step", "label", "choice"], keep="last")

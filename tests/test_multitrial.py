@@ -15,8 +15,9 @@ import torch
 
 from nas_restore import multitrial, run_records
 from nas_restore.sources import load_genotype
-from search_spaces import validate_genotype
-from nas_restore.datasets import DataConfig
+from search_spaces import find_space, validate_genotype
+from nas_restore.datasets import DataConfig, train_val_datasets
+from nas_restore.errors import UserError
 from nas_restore.multitrial import TrialJob, cost_objective, pareto_front, run_trial
 from nas_restore.search import SearchConfig, run_search
 from strategies import find_strategy
@@ -140,20 +141,73 @@ def test_no_finished_trial_is_an_error_naming_the_tables(tmp_path, monkeypatch):
     assert list(pd.read_csv(tmp_path / "trials.csv")["status"]) == ["failed", "failed"]
 
 
+def tiny_job(tmp_path, **overrides) -> TrialJob:
+    """The job a tiny search hands its trial processes (datasets built as run_search builds them)."""
+    config = tiny_config("random")
+    space_config = find_space("tmics").config(config.preset, **config.space_settings)
+    train, val = train_val_datasets(config.data, space_config.frames, config.seed)
+    values = dict(config=config, space="tmics", space_config=space_config,
+                  multiples={"dna/input_2_0": {"values": [0, 1], "single": True}}, train_data=train, val_data=val,
+                  run_dir=str(tmp_path), device="cpu", started_wall=time.time() - 10, deadline_wall=None, cost="flops",
+                  threads=1)
+    values.update(overrides)
+    return TrialJob(**values)
+
+
+class Frozen:
+    arch = {"dna/op_2_0": "skip_connect"}
+
+
 def test_a_trial_after_the_deadline_is_skipped_without_training(tmp_path, monkeypatch):
     monkeypatch.setattr(multitrial, "train_and_score", lambda *a: pytest.fail("trained after the deadline"))
-    job = TrialJob(config=tiny_config("random"), space="tmics", space_config=None, multiples={}, train_data=None,
-                   val_data=None, run_dir=str(tmp_path), device="cpu", started_wall=time.time() - 10,
-                   deadline_wall=time.time() - 1, cost=None, threads=None)
-    job_path = tmp_path / "job.pkl"
-    job_path.write_bytes(pickle.dumps(job))
-
-    class Frozen:
-        arch = {"dna/op_2_0": "skip_connect"}
-
-    run_trial(Frozen(), str(job_path))
+    job_path = multitrial.write_job(tiny_job(tmp_path, deadline_wall=time.time() - 1), tmp_path / "job.json", "t0")
+    run_trial(Frozen(), str(job_path), job_token="t0", config_class=SearchConfig)
     rows = [json.loads(p.read_text()) for p in (tmp_path / "trials").glob("*.json")]
     assert [r["status"] for r in rows] == ["skipped"] and "budget" in rows[0]["error"]
+
+
+def _same_items(a, b) -> bool:
+    return len(a) == len(b) and all(torch.equal(x, y) for i in range(len(a)) for x, y in zip(a[i], b[i]))
+
+
+def test_the_job_file_is_plain_json_and_rebuilds_the_same_job(tmp_path):
+    job = tiny_job(tmp_path)
+    path = multitrial.write_job(job, tmp_path / run_records.JOB_FILE, "tok")
+    data = json.loads(path.read_text())  # plain data: the config as a dict, no datasets, nothing pickled
+    assert data["format"] == multitrial.JOB_FORMAT and data["config"]["data"]["patch_size"] == 16
+    assert data["space_config"] == job.space_config.to_dict() and (data["train_items"], data["val_items"]) == (8, 4)
+    back = multitrial.read_job(path, SearchConfig, "tok")
+    assert back.config == job.config and back.space_config == job.space_config and back.multiples == job.multiples
+    assert (back.run_dir, back.device, back.cost, back.threads, back.deadline_wall) == \
+        (job.run_dir, "cpu", "flops", 1, None)
+    assert _same_items(back.train_data, job.train_data) and _same_items(back.val_data, job.val_data)
+    with pytest.raises(UserError, match="another search"):
+        multitrial.read_job(path, SearchConfig, "other-token")
+
+
+def test_a_damaged_or_foreign_job_file_is_a_clear_error(tmp_path):
+    good = json.loads(multitrial.write_job(tiny_job(tmp_path), tmp_path / "good.json", "tok").read_text())
+    bad = {
+        "garbage": b"\x80\x04\x95 not json",
+        "pickle": pickle.dumps({"format": multitrial.JOB_FORMAT}),
+        "list": b"[1, 2]",
+        "foreign": json.dumps({**good, "format": "something else"}).encode(),
+        "version": json.dumps({**good, "version": 99}).encode(),
+        "mistyped": json.dumps({**good, "multiples": {"x": {"values": 3}}}).encode(),
+        "missing": json.dumps({k: v for k, v in good.items() if k != "config"}).encode(),
+        "config": json.dumps({**good, "config": {**good["config"], "bacth_size": 4}}).encode(),
+        "space": json.dumps({**good, "space_config": {"channels": -1}}).encode(),
+    }
+    for name, content in bad.items():
+        path = tmp_path / f"{name}.json"
+        path.write_bytes(content)
+        with pytest.raises(UserError, match=r"not a usable multi-trial job file .*start the search again"):
+            multitrial.read_job(path, SearchConfig, "tok")
+    with pytest.raises(UserError, match="not a usable multi-trial job file"):  # what a trial process meets
+        run_trial(Frozen(), str(tmp_path / "garbage.json"), job_token="tok", config_class=SearchConfig)
+    with pytest.raises(UserError, match="cannot be read"):
+        run_trial(Frozen(), str(tmp_path / "gone.json"), job_token="tok", config_class=SearchConfig)
+    assert not list((tmp_path / "trials").glob("*.json"))  # nothing ran
 
 
 def test_a_budget_spent_before_the_first_trial_is_an_error(tmp_path):
@@ -233,9 +287,26 @@ def test_web_portal_preload_binds_node_servers_to_localhost(tmp_path):
     assert plain.stdout.strip() != "127.0.0.1"  # without it node listens on every interface
 
 
-def test_parallel_two_runs_two_trials_at_once_on_the_training_service_engine(tmp_path):
+def test_parallel_two_runs_two_trials_at_once_on_the_training_service_engine(tmp_path, tmp_path_factory,
+                                                                             monkeypatch):
+    real_write_job, written = multitrial.write_job, {}
+    keep = tmp_path_factory.mktemp("job")  # outside the run folder
+
+    def write_and_keep(job, path, token):
+        out = real_write_job(job, path, token)
+        written.update(job=job, token=token, copy=keep / "job.json")
+        written["copy"].write_text(out.read_text())
+        return out
+
+    monkeypatch.setattr(multitrial, "write_job", write_and_keep)
     result = run_search(tiny_config("random", max_trials=2, parallel=2), tmp_path)
     assert result.genotype.metadata["engine"] == "training_service"
+    # the trial processes read a plain-JSON job, gone at the end; no pickle anywhere in the run folder
+    assert not list(tmp_path.rglob("*.pkl")) and not (tmp_path / run_records.JOB_FILE).exists()
+    back = multitrial.read_job(written["copy"], SearchConfig, written["token"])
+    assert back.config == written["job"].config and back.space_config == written["job"].space_config
+    assert _same_items(back.train_data, written["job"].train_data)
+    assert _same_items(back.val_data, written["job"].val_data)
     rows = [json.loads(p.read_text()) for p in (tmp_path / "trials").glob("*.json")]
     assert len(rows) == 2 and {r["status"] for r in rows} == {"ok"}
     assert all(r["nni_trial"] for r in rows)  # each ran as an NNI trial job in its own process
@@ -244,6 +315,22 @@ def test_parallel_two_runs_two_trials_at_once_on_the_training_service_engine(tmp
     (a, b) = sorted((r["process_started"], r["ended"]) for r in rows)
     assert b[0] < a[1], f"the trial processes did not overlap: {a} then {b}"
     assert (tmp_path / "nni" / "bind_localhost.js").exists()
+
+
+def test_parallel_search_from_the_cli_with_a_relative_out(tmp_path, monkeypatch, capsys):
+    """`--out runs/x` once failed: NNI's node server, started in NNI's own folder, got the relative preload path."""
+    from nas_restore import config as cfg
+    from nas_restore.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    cfg.save_yaml({"space_settings": TINY_SPACE, "data": {"train_items": 8, "val_items": 4, "patch_size": 16}},
+                  "tiny.yaml")
+    code = main(["search", "--config", "tiny.yaml", "--preset", "demo", "--strategy", "random", "--max-trials", "2",
+                 "--parallel", "2", "--batch-size", "4", "--device", "cpu", "--no-progress", "--out", "runs/x"])
+    assert code == 0, capsys.readouterr().err
+    meta = load_genotype(tmp_path / "runs" / "x" / "genotype.json").metadata
+    assert meta["engine"] == "training_service" and meta["trials_run"] == 2 and meta["trials_failed"] == 0
+    assert not list(tmp_path.rglob("*.pkl")) and not (tmp_path / "runs" / "x" / run_records.JOB_FILE).exists()
 
 
 def test_cli_flags_reach_the_multi_trial_search(tmp_path, capsys):

@@ -147,8 +147,12 @@ def run_multitrial_experiment(space: ChoiceSpace, function: Any, arguments: dict
     remote platform's trials must reach it: NNI's own binding then). The manager is always stopped,
     also on errors. ``function`` must be importable (a module-level function) for that engine.
     Returns the engine's name and NNI's record of every trial (``sample``, ``metric``, ``status``).
+
+    ``work_dir`` is made absolute first: NNI starts its node server in NNI's own package folder, so a
+    relative path (``--out runs/x``) in the ``--require`` preload of ``NODE_OPTIONS`` (or anything else
+    handed to the manager or the trial processes) would resolve against that folder, not ours.
     """
-    work_dir = Path(work_dir)
+    work_dir = Path(work_dir).expanduser().resolve()
     work_dir.mkdir(parents=True, exist_ok=True)
     evaluator = FunctionalEvaluator(function, **arguments)
     config = multitrial_config(work_dir, max_trials=max_trials, max_seconds=max_seconds, parallel=parallel,
@@ -209,7 +213,7 @@ def multitrial_config(work_dir: Path, *, max_trials: int, max_seconds: float | N
         if max_seconds is not None:
             config.max_experiment_duration = f"{max(1, math.ceil(max_seconds))}s"
     config.max_trial_number = max_trials
-    config.experiment_working_directory = str(work_dir)
+    config.experiment_working_directory = str(Path(work_dir).expanduser().resolve())  # see run_multitrial_experiment
     config.log_level = "error"
     return config
 

@@ -30,7 +30,7 @@ from nas_restore.graph import (JOIN_OPS, OUTPUT_NAME, cell_graph, genotype_graph
                                own_macro_graph)
 from nas_restore.ops import OPS, build_op, op_family
 from nas_restore.profiling import count_parameters
-from search_spaces import find_space, validate_genotype
+from search_spaces import space_of, validate_genotype
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ def inspect_genotype(genotype: Genotype, channels: int | None = None,
 
 
 def _own_space(name: str) -> bool:
-    return find_space(name, missing_ok=True) is not None
+    return space_of(name, missing_ok=True) is not None
 
 
 def _cell_report(name: str, cell: CellGenotype, channels: int | None, instances: int) -> CellReport:

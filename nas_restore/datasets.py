@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset, Subset
 
-from nas_restore.data.folders import DataError, open_dataset
+from nas_restore.data.folders import SPLITS_FILE, DataError, open_dataset, read_splits
 from nas_restore.data.synthetic import SyntheticRainDataset
 
 # seed offsets keep the synthetic splits apart for any user seed
@@ -38,6 +38,9 @@ class DataConfig:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         if self.patch_size < 8:
             raise ValueError(f"patch_size must be >= 8, got {self.patch_size}")
+        for name in ("train_items", "val_items", "clip_length"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"data.{name} must be >= 1, got {getattr(self, name)}")
 
 
 def synthetic_split(config: DataConfig, frames: int, split: str, seed: int, length: int | None = None,
@@ -51,10 +54,29 @@ def synthetic_split(config: DataConfig, frames: int, split: str, seed: int, leng
         clip_length=max(config.clip_length, frames))
 
 
+FORBIDDEN_TRAIN_SPLITS = ("holdout",)  # final evaluation only: never searched, trained or tuned on
+
+
+def check_training_split(config: DataConfig) -> None:
+    """Refuse to search or train on a holdout split, or on a whole folder whose SPLITS.txt defines one."""
+    if config.folder is None:
+        return
+    if config.split is not None and config.split.lower() in FORBIDDEN_TRAIN_SPLITS:
+        raise DataError(f"refusing to train on the split {config.split!r} of {config.folder} (or to search on it): a "
+                        "holdout split is for the final evaluation only. Use another split (e.g. --split fit) and score "
+                        f"on this one with `nas-restore evaluate MODEL --data {config.folder} --split {config.split}`")
+    if config.split is None and (Path(config.folder) / SPLITS_FILE).is_file():
+        held = [s for s in read_splits(Path(config.folder)) if s.lower() in FORBIDDEN_TRAIN_SPLITS]
+        if held:
+            raise DataError(f"{config.folder} defines the split(s) {held} in {SPLITS_FILE}; training on the whole "
+                            "folder would train on them: pass a split (e.g. --split fit)")
+
+
 def train_val_datasets(config: DataConfig, frames: int, seed: int) -> tuple[Dataset, Dataset]:
-    """The (train, val) pair for a search or a retraining run."""
+    """The (train, val) pair for a search or a retraining run (never of a holdout split)."""
     if config.folder is None:
         return (synthetic_split(config, frames, "train", seed), synthetic_split(config, frames, "val", seed))
+    check_training_split(config)
     root = Path(config.folder)
     train_full = open_dataset(root, frames=frames, patch_size=config.patch_size, augment=True, seed=seed,
                               split=config.split)

@@ -27,6 +27,14 @@ from nas_restore.errors import UserError, did_you_mean
 FORMAT_NAME = "nas-restore-genotype"
 FORMAT_VERSION = 1
 CELL_KINDS = ("dag", "chain")
+# Bounds on what a genotype file may ask for, far above any real architecture (DARTS cells have 4 nodes of
+# 2 edges; TMICS's released cells 3 ops): a hostile or corrupt file gets a clear error, not an allocation
+# without bound. A space's own limits (channels, frames, ...) are checked by its config.
+MAX_FILE_BYTES = 4 * 1024 * 1024
+MAX_CELLS = 64
+MAX_NODES = 64
+MAX_EDGES_PER_NODE = 16
+MAX_N_INPUTS = 8
 
 
 class GenotypeError(UserError, ValueError):
@@ -80,22 +88,31 @@ class CellGenotype:
         nodes_raw = data["nodes"]
         if not isinstance(nodes_raw, list) or not nodes_raw:
             raise GenotypeError(f"{where}.nodes must be a non-empty list of nodes (each a list of edges)")
+        if len(nodes_raw) > MAX_NODES:
+            raise GenotypeError(f"{where}.nodes has {len(nodes_raw)} nodes; at most {MAX_NODES} are allowed")
         nodes: list[list[Edge]] = []
         for i, node in enumerate(nodes_raw):
             if not isinstance(node, list) or not node:
                 raise GenotypeError(f"{where}.nodes[{i}] must be a non-empty list of {{'op', 'input'}} edges")
+            if len(node) > MAX_EDGES_PER_NODE:
+                raise GenotypeError(f"{where}.nodes[{i}] has {len(node)} edges; at most {MAX_EDGES_PER_NODE} "
+                                    "are allowed")
             edges = []
             for k, e in enumerate(node):
                 if not isinstance(e, dict) or "op" not in e or "input" not in e:
                     raise GenotypeError(f"{where}.nodes[{i}][{k}] must be an object with keys 'op' and 'input', got {e!r}")
-                if not isinstance(e["op"], str) or not isinstance(e["input"], int):
+                if not isinstance(e["op"], str) or not isinstance(e["input"], int) or isinstance(e["input"], bool):
                     raise GenotypeError(f"{where}.nodes[{i}][{k}]: 'op' must be a string and 'input' an integer, got {e!r}")
                 edges.append(Edge(e["op"], e["input"]))
             nodes.append(edges)
         n_inputs = data.get("n_inputs", 2)
+        if not isinstance(n_inputs, int) or isinstance(n_inputs, bool) or not 1 <= n_inputs <= MAX_N_INPUTS:
+            raise GenotypeError(f"{where}.n_inputs must be an integer in 1..{MAX_N_INPUTS}, got {n_inputs!r}")
         concat = data.get("concat")
         if concat is None:
             concat = list(range(n_inputs, n_inputs + len(nodes))) if kind == "dag" else []
+        if not isinstance(concat, list) or len(concat) > MAX_NODES + MAX_N_INPUTS:
+            raise GenotypeError(f"{where}.concat must be a list of node numbers, got {str(concat)[:60]}")
         return cls(nodes=nodes, concat=list(concat), kind=kind, n_inputs=n_inputs)
 
     def validate(self, where: str = "cell", allowed_ops: Iterable[str] | None = None) -> None:
@@ -114,7 +131,8 @@ class CellGenotype:
                     if not 0 <= edge.input < limit:
                         raise GenotypeError(
                             f"{where}.nodes[{i}][{k}].input is {edge.input}: node {i} (number {limit}) can only take "
-                            f"inputs 0..{limit - 1} (cell inputs 0..{self.n_inputs - 1}, then earlier nodes)")
+                            f"inputs 0..{limit - 1} (cell inputs 0..{self.n_inputs - 1}, then earlier nodes): fix the input "
+                            "number")
         if self.kind == "dag":
             top = self.n_inputs + self.num_nodes
             for c in self.concat:
@@ -181,9 +199,16 @@ class Genotype:
         if not isinstance(data["cells"], dict) or not (data["cells"] or data.get("macro")):
             raise GenotypeError("genotype.cells must be an object {cell name: cell}, non-empty unless the "
                                 "architecture is all macro choices")
+        if len(data["cells"]) > MAX_CELLS:
+            raise GenotypeError(f"genotype.cells has {len(data['cells'])} cells; at most {MAX_CELLS} are allowed")
+        if not isinstance(data["space"], str) or not data["space"]:
+            raise GenotypeError(f"genotype.space must be the name of a search space, got {data['space']!r}")
         cells = {name: CellGenotype.from_dict(c, f"cells.{name}") for name, c in data["cells"].items()}
+        for key in ("macro", "space_config", "fusion", "metadata"):
+            if not isinstance(data.get(key) or {}, dict):
+                raise GenotypeError(f"genotype.{key} must be a JSON object, got {str(data[key])[:60]}")
         return cls(
-            space=str(data["space"]),
+            space=data["space"],
             cells=cells,
             macro=dict(data.get("macro") or {}),
             space_config=dict(data.get("space_config") or {}),
@@ -221,29 +246,42 @@ def read_genotype_file(path: str | Path, name: str | None = None) -> Genotype:
     ``NAME = Genotype(...)`` (a DARTS ``genotypes.py``) needs ``name``.
     """
     path = Path(path)
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise GenotypeError(f"{path} is {size / 2**20:.1f} MiB; a genotype file is a few kB (at most "
+                            f"{MAX_FILE_BYTES // 2**20} MiB): give the genotype.json that a search wrote")
     try:
         text = path.read_text()
     except UnicodeDecodeError:
         raise GenotypeError(f"{path} is a binary file, not a genotype (a model.pt?): give a genotype.json, its run "
                             "folder or a DARTS Genotype(...) text file; a model.pt goes to evaluate, derain or "
                             "export") from None
-    if text.lstrip().startswith("{"):
+    if not text.strip():
+        raise GenotypeError(f"{path} is empty: give a genotype.json, its run folder or a DARTS Genotype(...) text "
+                            "file")
+    if text.lstrip().startswith(("{", "[")):
         if name is not None:
             raise GenotypeError(f"--name {name!r} picks one Genotype(...) of a text file; {path} is a JSON genotype")
         try:
             data = json.loads(text)
         except json.JSONDecodeError as err:
-            raise GenotypeError(f"{path} is not valid JSON ({err}); fix or regenerate the file") from err
+            raise GenotypeError(f"{path} is not valid JSON ({err}); fix or regenerate the file") from None
+        except RecursionError:
+            raise GenotypeError(f"{path} nests its JSON too deeply to be a genotype; fix or regenerate the "
+                                "file") from None
         try:
             return Genotype.from_dict(data)
         except GenotypeError as err:
             raise GenotypeError(f"{path}: {err}") from None
-    found = parse_darts_genotypes(text)
-    if not found:
-        return parse_darts_genotype(text)  # a bare Genotype(...) without "NAME ="
+    try:
+        found = parse_darts_genotypes(text)
+        if not found:
+            return parse_darts_genotype(text)  # a bare Genotype(...) without "NAME ="
+    except GenotypeError as err:
+        raise GenotypeError(f"{path} (read as DARTS text, since it is not JSON): {err}") from None
     if name is not None:
         if name not in found:
-            raise GenotypeError(f"{path} has no genotype named {name!r}; it defines: {', '.join(found)}")
+            raise GenotypeError(f"{path} has no genotype named {name!r}; pick one of {', '.join(found)} with --name")
         return found[name]
     if len(found) == 1:
         return next(iter(found.values()))
@@ -355,8 +393,13 @@ def parse_darts_genotype(text: str, name: str | None = None) -> Genotype:
     for key, value in fields.items():
         if key == "concat" or key.endswith("_concat"):
             continue
-        if not isinstance(value, list) or not all(isinstance(e, tuple) and len(e) == 2 for e in value):
-            raise GenotypeError(f"field {key!r} must be a list of (op, input) pairs")
+        if not isinstance(value, list) or not all(isinstance(e, tuple) and len(e) == 2 and isinstance(e[0], str)
+                                                  and isinstance(e[1], int) and not isinstance(e[1], bool)
+                                                  for e in value):
+            raise GenotypeError(f"field {key!r} must be a list of ('op', input) pairs: an operation name and a "
+                                "node number, e.g. [('sep_conv_3x3', 0), ('skip_connect', 1)]")
+        if len(value) > MAX_NODES * 2:
+            raise GenotypeError(f"field {key!r} has {len(value)} edges; at most {MAX_NODES * 2} are allowed")
         concat = fields.get(f"{key}_concat")
         if concat is None and len(cell_fields) == 1:
             concat = fields.get("concat")  # RNN genotypes: Genotype(recurrent=[...], concat=[...])
@@ -385,13 +428,23 @@ def parse_darts_genotype(text: str, name: str | None = None) -> Genotype:
 def _literal(node: ast.AST, field_name: str) -> Any:
     """A safe literal, plus ``range(a, b)``, which DARTS-family code writes for concats."""
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "range":
-        bounds = [ast.literal_eval(a) for a in node.args]
-        return list(range(*bounds))
+        bounds = [a.value for a in node.args if isinstance(a, ast.Constant)]
+        if node.keywords or not 1 <= len(node.args) <= 3 or len(bounds) != len(node.args) \
+                or not all(isinstance(b, int) and not isinstance(b, bool) for b in bounds) or 0 in bounds[2:]:
+            raise GenotypeError(f"field {field_name!r}: range(...) takes 1 to 3 whole numbers, got "
+                                f"{ast.unparse(node)[:60]}; write e.g. range(2, 6)")
+        numbers = range(*bounds)
+        if len(numbers) > MAX_NODES + MAX_N_INPUTS:
+            raise GenotypeError(f"field {field_name!r}: {ast.unparse(node)[:60]} lists {len(numbers)} node numbers; "
+                                f"a cell has at most {MAX_NODES + MAX_N_INPUTS}: list the cell's output nodes, "
+                                "e.g. range(2, 6)")
+        return list(numbers)
     try:
         return ast.literal_eval(node)
-    except ValueError:
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
         raise GenotypeError(f"field {field_name!r} holds code that is not a plain literal: "
-                            f"{ast.unparse(node)[:60]}") from None
+                            f"{ast.unparse(node)[:60]}; a genotype text holds only lists, tuples, strings and "
+                            "numbers (and range(a, b)): write the values out") from None
 
 
 def _matching_paren(text: str, start: int) -> int:
@@ -403,7 +456,7 @@ def _matching_paren(text: str, start: int) -> int:
             depth -= 1
             if depth == 0:
                 return i
-    raise GenotypeError("unbalanced parentheses in DARTS genotype text")
+    raise GenotypeError("unbalanced parentheses in DARTS genotype text: close every '(' of Genotype(...)")
 
 
 # --------------------------------------------------------------------------------------------------

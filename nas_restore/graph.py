@@ -14,7 +14,7 @@ from typing import Callable
 import networkx as nx
 
 from nas_restore.genotype import CellGenotype, Genotype
-from search_spaces import find_space
+from search_spaces import space_of
 
 INPUT_NAMES = {1: ["c_{k-1}"], 2: ["c_{k-2}", "c_{k-1}"]}
 OUTPUT_NAME = "c_{k}"
@@ -76,7 +76,7 @@ def cell_graph(cell: CellGenotype) -> nx.MultiDiGraph:
 
 def own_macro_graph(genotype: Genotype) -> Callable[[Genotype], nx.DiGraph] | None:
     """The macro drawing that the genotype's space defines beside itself (``SpaceSpec.macro_graph``), or None."""
-    spec = find_space(genotype.space, missing_ok=True)
+    spec = space_of(genotype, missing_ok=True)
     return spec.macro_graph if spec is not None else None
 
 

@@ -27,6 +27,8 @@ import skimage
 import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
+from nas_restore.errors import UserError
+
 ArrayLike = Union[np.ndarray, torch.Tensor]
 
 # MATLAB rgb2ycbcr (BT.601) luma row, for R, G, B in [0, 1] -> Y on [0, 255]
@@ -38,6 +40,11 @@ _Y_OFFSET = 16.0
 # Gaussian SSIM window of MATLAB / BasicSR: sigma 1.5, truncated to 11x11 by scikit-image
 _SSIM_SIGMA = 1.5
 _SSIM_MIN_SIDE = 11
+
+
+
+class ProtocolError(UserError, ValueError):
+    """Scoring settings that cannot score these images (a border that leaves nothing, ...)."""
 
 
 @dataclass(frozen=True)
@@ -59,7 +66,7 @@ class Protocol:
 
     def __post_init__(self) -> None:
         if self.crop_border < 0:
-            raise ValueError(f"Protocol.crop_border must be >= 0, got {self.crop_border}")
+            raise ProtocolError(f"crop_border (--crop-border) must be >= 0, got {self.crop_border}")
         if self.data_range <= 0:
             raise ValueError(f"Protocol.data_range must be > 0, got {self.data_range}")
 
@@ -114,7 +121,8 @@ def _prepare(pred: ArrayLike, target: ArrayLike, protocol: Protocol) -> tuple[np
     c = protocol.crop_border
     if c:
         if min(p.shape[:2]) <= 2 * c:
-            raise ValueError(f"crop_border {c} leaves nothing of a {p.shape[0]}x{p.shape[1]} image")
+            raise ProtocolError(f"crop_border {c} (--crop-border) leaves nothing of a {p.shape[0]}x{p.shape[1]} "
+                                "image: use a smaller border")
         p, t = p[c:-c, c:-c], t[c:-c, c:-c]
     return p, t
 
@@ -131,7 +139,7 @@ def ssim(pred: ArrayLike, target: ArrayLike, protocol: Protocol = Protocol()) ->
     """Gaussian-window SSIM (MATLAB / BasicSR settings) of HxWx3 [0, 1] images; 1.0 when identical."""
     p, t = _prepare(pred, target, protocol)
     if min(p.shape[:2]) < _SSIM_MIN_SIDE:
-        raise ValueError(f"SSIM needs images of at least {_SSIM_MIN_SIDE}x{_SSIM_MIN_SIDE} px after the border "
+        raise ProtocolError(f"SSIM needs images of at least {_SSIM_MIN_SIDE}x{_SSIM_MIN_SIDE} px after the border "
                          f"crop, got {p.shape[0]}x{p.shape[1]}")
     kwargs = dict(data_range=protocol.data_range, gaussian_weights=True, sigma=_SSIM_SIGMA,
                   use_sample_covariance=False)

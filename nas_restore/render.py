@@ -22,8 +22,10 @@ import graphviz
 import networkx as nx
 
 from nas_restore.config import ConfigError
+from nas_restore.genotype import GenotypeError
 from nas_restore.graph import OUTPUT_NAME, cell_graph, macro_graph, own_macro_graph
 from nas_restore.ops import op_family
+from nas_restore.outputs import check_output_folder
 
 if TYPE_CHECKING:
     from nas_restore.genotype import Genotype
@@ -47,6 +49,7 @@ FAMILY_COLORS = {
 JOIN_COLOR = "#9a9a9a"  # edges into c_{k} (concat / residual sum) and macro data flow
 FONT = "Times-Roman"
 MPL_FORMATS = ("png", "svg", "pdf", "eps", "ps", "jpg", "jpeg", "tif", "tiff")
+DOT_FORMATS = {"png", "svg", "pdf", "eps", "ps", "jpg", "jpeg", "gif"}  # what every Graphviz build writes
 PNG_DPI = 200
 
 # What c_{k} of a DAG cell is, per space: DARTS concatenates the nodes; TMICS's cells fuse the concat
@@ -410,6 +413,7 @@ def render_genotype(genotype: Genotype, out_dir: str | Path, formats: Iterable[s
     ``overview=False`` skips the overview (about a second per genotype saved).
     """
     out_dir = Path(out_dir)
+    check_output_folder(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     formats = [f.lower().lstrip(".") for f in formats]
     if use_dot is None:
@@ -417,13 +421,13 @@ def render_genotype(genotype: Genotype, out_dir: str | Path, formats: Iterable[s
     result = RenderResult(dot_available=use_dot)
     if not use_dot:
         _note_no_dot(result)
-    allowed = set(graphviz.FORMATS) if use_dot else set(MPL_FORMATS)
+    allowed = DOT_FORMATS & set(graphviz.FORMATS) if use_dot else set(MPL_FORMATS)
     bad = [f for f in formats if f not in allowed and f != "gv"]
     if bad:
         raise ConfigError(f"cannot write format(s) {bad}; choose from {', '.join(sorted(allowed))}")
     formats = [f for f in formats if f != "gv"]
     if not genotype.cells and not genotype.macro:
-        raise ValueError("the genotype has no cells and no macro choices to draw")
+        raise GenotypeError("the genotype has no cells and no macro choices to draw")
 
     figures: list[tuple[str, nx.Graph, graphviz.Digraph, str]] = []
     for name, cell in genotype.cells.items():
@@ -588,6 +592,7 @@ def render_diff(diff: GenotypeDiff, out_dir: str | Path, formats: Iterable[str] 
     with "A op / B op"; the title states the macro differences.
     """
     out_dir = Path(out_dir)
+    check_output_folder(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     formats = [f.lower().lstrip(".") for f in formats if f.lower().lstrip(".") != "gv"]
     if use_dot is None:
@@ -595,7 +600,7 @@ def render_diff(diff: GenotypeDiff, out_dir: str | Path, formats: Iterable[str] 
     result = RenderResult(dot_available=use_dot)
     if not use_dot:
         _note_no_dot(result)
-    bad = [f for f in formats if f not in (set(graphviz.FORMATS) if use_dot else set(MPL_FORMATS))]
+    bad = [f for f in formats if f not in (DOT_FORMATS & set(graphviz.FORMATS) if use_dot else set(MPL_FORMATS))]
     if bad:
         raise ConfigError(f"cannot write format(s) {bad}; choose from "
                          f"{', '.join(sorted(graphviz.FORMATS if use_dot else MPL_FORMATS))}")

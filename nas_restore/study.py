@@ -52,7 +52,7 @@ def read_json(path: Path) -> Any | None:
     """The record at ``path``, or None when there is none (or it cannot be read: the stage is redone)."""
     try:
         return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         return None
 
 

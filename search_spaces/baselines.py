@@ -19,7 +19,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from nas_restore.config import from_dict
+from nas_restore.config import SIZE_LIMIT_NOTE, ConfigError, check_ranges, from_dict
 from nas_restore.genotype import Genotype, GenotypeError
 from search_spaces import SpaceSpec, find_space, register_space
 
@@ -39,8 +39,7 @@ class ResCNNConfig:
     def validate(self) -> None:
         if self.frames < 1 or self.frames % 2 == 0:
             raise ValueError(f"frames must be odd and >= 1 (a window centred on t), got {self.frames}")
-        if self.channels < 1 or self.blocks < 0:
-            raise ValueError(f"channels must be >= 1 and blocks >= 0, got {self.channels} and {self.blocks}")
+        check_ranges(self, {"frames": (1, 15), "channels": (1, 512), "blocks": (0, 128)}, SIZE_LIMIT_NOTE)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -101,7 +100,7 @@ def make_network(genotype: Genotype) -> ResCNN:
 
 
 def make_space(config: ResCNNConfig) -> Any:
-    raise ValueError("rescnn is a hand-designed baseline with no architecture choice: there is nothing to "
+    raise ConfigError("rescnn is a hand-designed baseline with no architecture choice: there is nothing to "
                      "search. Retrain it beside searched genotypes (`nas-restore retrain rescnn --out ...`, "
                      "or a genotype from search_spaces.baselines.baseline_genotype())")
 

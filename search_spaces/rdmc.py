@@ -43,7 +43,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from nas_restore.config import from_dict
+from nas_restore.config import SIZE_LIMIT_NOTE, check_ranges, from_dict
 from nas_restore.genotype import Genotype, GenotypeError
 from search_spaces import SpaceSpec, register_space
 from search_spaces.rrgnet import pad_to_multiple
@@ -71,8 +71,7 @@ class RDMCConfig:
         if self.frames != 1:
             raise ValueError(f"frames must be 1: rdmc derains single images, got {self.frames} "
                              "(for video use the rrgnet or tmics space)")
-        if self.channels < 1:
-            raise ValueError(f"channels must be >= 1, got {self.channels}")
+        check_ranges(self, {"channels": (1, 128)}, SIZE_LIMIT_NOTE)
         if not 2 <= self.levels <= 6:
             raise ValueError(f"levels must be in 2..6 (an encoder-decoder needs two resolutions), got {self.levels}")
         for name, values, high in (("dilations", self.dilations, 8), ("recursions", self.recursions, 8)):

@@ -39,7 +39,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from nas_restore.config import from_dict
+from nas_restore.config import SIZE_LIMIT_NOTE, check_ranges, from_dict
 from nas_restore.genotype import Genotype, GenotypeError
 from nas_restore.ops import build_op, op_names
 from search_spaces import SpaceSpec, register_space
@@ -68,8 +68,7 @@ class RRGNetConfig:
         if self.frames < 3 or self.frames % 2 == 0:
             raise ValueError(f"frames must be odd and >= 3 (rrgnet groups frames around the centre t), "
                              f"got {self.frames}; for single images use the rdmc or tmics space")
-        if self.channels < 1:
-            raise ValueError(f"channels must be >= 1, got {self.channels}")
+        check_ranges(self, {"frames": (3, 15), "channels": (1, 128)}, SIZE_LIMIT_NOTE)
         _check_ints("strides", self.strides, low=1, high=self.frames // 2,
                     why=f"a stride s needs frames t-s and t+s in the {self.frames}-frame window")
         _check_ints("depths", self.depths, low=1, high=6, why="levels of the U-Net")

@@ -37,7 +37,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from nas_restore.config import from_dict
+from nas_restore.config import SIZE_LIMIT_NOTE, check_ranges, from_dict
 from nas_restore.flow import ClassicalFlow, flow_warp
 from nas_restore.genotype import CellGenotype, Edge, Genotype, GenotypeError, cells_from_nni_arch, cells_to_nni_arch
 from nas_restore.ops import build_op, op_names
@@ -79,9 +79,9 @@ class TMICSConfig:
     def validate(self) -> None:
         if self.frames < 1 or self.frames % 2 == 0:
             raise ValueError(f"frames must be odd and >= 1 (a window centred on t), got {self.frames}")
-        for name in ("channels", "cells_per_branch", "nodes_per_cell", "ops_per_node", "rain_kernels"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        check_ranges(self, {"frames": (1, 15), "channels": (1, 512), "cells_per_branch": (1, 16),
+                            "nodes_per_cell": (1, 12), "ops_per_node": (1, 8), "rain_kernels": (1, 512),
+                            "rain_kernel_size": (1, 31)}, SIZE_LIMIT_NOTE)
         known_ops = set(op_names())
         bad = [op for op in self.operations if op not in known_ops or op == "none"]
         if bad or not self.operations:

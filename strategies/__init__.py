@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from nas_restore.config import ConfigError
+from nas_restore.config import ConfigError, coerce
 from nas_restore.registry import Registry
 
 
@@ -34,9 +34,19 @@ class StrategySpec:
         options = dict(options or {})
         unknown = sorted(set(options) - set(self.defaults))
         if unknown:
-            raise ConfigError(f"strategy {self.name!r} has no option(s) {unknown}; its options: "
+            raise ConfigError(f"strategy {self.name!r} has no option(s) {unknown}; choose from its options: "
                              f"{', '.join(f'{k}={v!r}' for k, v in self.defaults.items())}")
-        return self.make(**{**self.defaults, **options})
+        for key, value in options.items():  # typed by the default: `arc_learning_rate=fast` is refused here
+            default = self.defaults[key]
+            if default is not None and value is not None:
+                options[key] = coerce(value, type(default), f"strategy option {self.name}.{key}")
+        try:
+            return self.make(**{**self.defaults, **options})
+        except (TypeError, ValueError) as err:
+            if not options:
+                raise  # the defaults themselves fail: a bug, not the user's input
+            raise ConfigError(f"strategy {self.name!r} refused the option(s) {options}: {err}. Its options and "
+                              f"defaults: {', '.join(f'{k}={v!r}' for k, v in self.defaults.items())}") from None
 
     @property
     def one_shot(self) -> bool:

@@ -113,7 +113,8 @@ def find_pair_dirs(root: str | Path) -> tuple[Path, Path]:
     """``(input_dir, target_dir)`` of a data folder: ``input/`` + ``target/`` or ``rainy/`` + ``clean/``."""
     root = Path(root)
     if not root.exists():
-        raise DataError(f"data folder not found: {root}")
+        raise DataError(f"data folder not found: {root}; give a folder with input/ + target/ (or rainy/ + clean/) "
+                        "images, or omit --data for the built-in synthetic rain")
     if not root.is_dir():
         raise DataError(f"{root} is a file; give the folder that holds input/ and target/ (or rainy/ and clean/)")
     found = [(root / a, root / b) for a, b in PAIR_DIR_NAMES if (root / a).is_dir() and (root / b).is_dir()]
@@ -316,7 +317,7 @@ class PairedImageFolder(Dataset):
         for _, a, b in pairs:
             if image_size(a) != image_size(b):
                 raise DataError(f"size mismatch: {a} is {image_size(a)} but {b} is {image_size(b)} (height, width); "
-                                f"input and target of a pair must have the same size")
+                                f"input and target of a pair must have the same size: resize or remove the pair")
         self._pairs = pairs
         self.names = [p[0] for p in pairs]
         self._cache = _Cache(max_bytes=IMAGE_CACHE_BYTES)
@@ -324,7 +325,8 @@ class PairedImageFolder(Dataset):
     def _select_split(self, pairs: list[tuple[str, Path, Path]], split: str) -> list[tuple[str, Path, Path]]:
         splits = read_splits(self.root)
         if split not in splits:
-            raise DataError(f"split {split!r} is not in {self.root / SPLITS_FILE} (it has {sorted(splits)})")
+            raise DataError(f"split {split!r} is not in {self.root / SPLITS_FILE}; choose one of {sorted(splits)} "
+                            "with --split")
         by_id: dict[int, tuple[str, Path, Path]] = {}
         for pair in pairs:
             key = _name_id(pair[0], self.root)
@@ -352,7 +354,8 @@ class PairedImageFolder(Dataset):
         _, a, b = self._pairs[index]
         rainy, clean = self._cache.load(a), self._cache.load(b)
         if rainy.shape != clean.shape:
-            raise DataError(f"size mismatch: {a} is {rainy.shape[:2]} but {b} is {clean.shape[:2]}")
+            raise DataError(f"size mismatch: {a} is {rainy.shape[:2]} but {b} is {clean.shape[:2]}: resize or remove "
+                            "the pair")
         rng = _item_rng(self.seed, index, self.augment)
         box = _crop_box(rainy.shape[:2], self.patch_size, rng, str(a))
         flip = bool(self.augment and rng.random() < 0.5)

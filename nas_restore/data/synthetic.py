@@ -378,27 +378,49 @@ def _plan_camera(photo_shape: tuple[int, ...], size: tuple[int, int], times: np.
 
 
 class _RainSequence:
-    """Rain for frames at given times: a persistent falling population plus fresh streaks per frame."""
+    """Rain for frames at given times: a persistent falling population plus fresh streaks per frame.
 
-    def __init__(self, size: tuple[int, int], times: np.ndarray, params: RainParams, rng: np.random.Generator):
-        self.size, self.params, self.rng = size, params, rng
+    ``wind`` (degrees per frame) turns the fall direction over time: at time t the streaks lean
+    ``angle + wind * t`` and the persistent ones have moved along the curved path of that direction
+    (:meth:`offset`); ``fresh`` is the share of the density drawn anew in every frame.
+    """
+
+    def __init__(self, size: tuple[int, int], times: np.ndarray, params: RainParams, rng: np.random.Generator,
+                 wind: float = 0.0, fresh: float = FRESH_FRACTION):
+        if not 0.0 <= fresh <= 1.0:
+            raise ValueError(f"fresh must be a share in [0, 1], got {fresh!r}")
+        self.size, self.params, self.rng, self.wind, self.fresh = size, params, rng, float(wind), float(fresh)
         self.angle = _layer_angle(params, rng)
         a = np.deg2rad(self.angle)
         self.fall = (params.speed * np.cos(a), params.speed * np.sin(a))   # px per frame (dy, dx)
         h, w = size
         pad = params.length * STREAK_LENGTH_RANGE[1] / 2 + params.width + 2
         t_lo, t_hi = float(times.min()), float(times.max())
-        # centres at time 0 that are visible at some time in [t_lo, t_hi]
-        ys = (-self.fall[0] * t_lo, -self.fall[0] * t_hi)
-        xs = (-self.fall[1] * t_lo, -self.fall[1] * t_hi)
+        # centres at time 0 that are visible at some time in [t_lo, t_hi] (with wind: at one of the times)
+        offsets = [self.offset(t) for t in ((t_lo, t_hi) if self.wind == 0 else np.asarray(times, float))]
+        ys = [-o[0] for o in offsets]
+        xs = [-o[1] for o in offsets]
         box = (min(ys) - pad, h + max(ys) + pad, min(xs) - pad, w + max(xs) + pad)
-        self.persistent = _draw_streaks(box, params, self.angle, rng, 1.0 - FRESH_FRACTION)
+        self.persistent = _draw_streaks(box, params, self.angle, rng, 1.0 - self.fresh)
         self.fresh_box = (-pad, h + pad, -pad, w + pad)
+
+    def offset(self, t: float) -> tuple[float, float]:
+        """Displacement (dy, dx) in px of the persistent streaks from time 0 to time ``t``."""
+        if self.wind == 0:
+            return self.fall[0] * t, self.fall[1] * t
+        a, turn, v = np.deg2rad(self.angle), np.deg2rad(self.wind), self.params.speed
+        return (float(v / turn * (np.sin(a + turn * t) - np.sin(a))),
+                float(v / turn * (np.cos(a) - np.cos(a + turn * t))))
 
     def layer(self, t: float) -> np.ndarray:
         h, w = self.size
-        fresh = _draw_streaks(self.fresh_box, self.params, self.angle, self.rng, FRESH_FRACTION)
-        return _render_streaks(self.persistent, h, w, self.params, (self.fall[0] * t, self.fall[1] * t), fresh)
+        persistent, angle = self.persistent, self.angle + self.wind * t
+        if self.wind != 0:  # every streak turns with the wind, keeping its own small deviation
+            c, s = np.cos(np.deg2rad(self.wind * t)), np.sin(np.deg2rad(self.wind * t))
+            persistent = replace(persistent, dy=persistent.dy * c - persistent.dx * s,
+                                 dx=persistent.dx * c + persistent.dy * s)
+        fresh = _draw_streaks(self.fresh_box, self.params, angle, self.rng, self.fresh)
+        return _render_streaks(persistent, h, w, self.params, self.offset(t), fresh)
 
 
 def _normalise_size(size: int | Sequence[int]) -> tuple[int, int]:

@@ -5,7 +5,10 @@ an NNI architecture dict into a :class:`~nas_restore.genotype.Genotype`, and how
 ``nn.Module`` of a genotype (no NNI at inference).
 
 A user's own space needs no registration: ``find_space("path/to/file.py:ClassName")`` imports the
-file and wraps the NNI ``ModelSpace`` subclass in a :class:`SpaceSpec` (:func:`user_space`). Its
+file and wraps the NNI ``ModelSpace`` subclass in a :class:`SpaceSpec` (:func:`user_space`). A
+genotype's ``space`` field is resolved by :func:`space_of`, which never imports a file that the user
+did not name: opening someone else's genotype or model file must not run their code. The user's consent
+is naming the file (``find_space``, ``--space path/to/file.py:ClassName``, :func:`allow_space_file`). Its
 genotype is a generic one: NNI ``Cell`` choices become cells, every other choice goes to ``macro``.
 Its network is the user's class frozen on the architecture (a user's space has no plain twin), so it
 may still hold NNI classes; its weights are plain torch.
@@ -31,11 +34,12 @@ from nas_restore.registry import Registry
 
 def _load_builtin() -> None:
     # always (imports are cached): importing one space module directly must not hide the others
-    from search_spaces import baselines, rdmc, rrgnet, tmics  # noqa: F401  (register themselves)
+    from search_spaces import baselines, prn, rdmc, rrgnet, tmics  # noqa: F401  (register themselves)
 
 
 SPACES: Registry["SpaceSpec"] = Registry("search space", listing="nas-restore spaces", load=_load_builtin)
 _USER_SPACES: dict[tuple[str, str, float], "SpaceSpec"] = {}
+_ALLOWED_SPACE_FILES: set[Path] = set()  # space files the user named in this process (may be imported)
 
 
 @dataclass
@@ -79,12 +83,42 @@ def find_space(name: str, missing_ok: bool = False) -> SpaceSpec | None:
     if spec is not None:
         return spec
     if is_space_path(name):
-        if missing_ok and not Path(name.rpartition(":")[0]).expanduser().is_file():
+        if missing_ok and not _space_file(name).is_file():
             return None
+        allow_space_file(name)
         return user_space(name)
     if missing_ok:
         return None
     return SPACES.lookup(name, extra=" (or give your own as path/to/file.py:ClassName)")
+
+
+def allow_space_file(name: str) -> None:
+    """Consent to import the space file of ``path/to/file.py:ClassName`` when a genotype names it."""
+    _ALLOWED_SPACE_FILES.add(_space_file(name).resolve())
+
+
+def space_of(genotype: Genotype | str, missing_ok: bool = False) -> SpaceSpec | None:
+    """The space a genotype (or a genotype's ``space`` field) names.
+
+    A registered name is looked up; a ``file.py:Class`` is imported only with the user's consent (see the
+    module docstring), since the genotype may come from anyone. ``missing_ok``: None for a space that is
+    not ours (a foreign genotype, e.g. published DARTS cells, checked for structure only).
+    """
+    name = genotype.space if isinstance(genotype, Genotype) else genotype
+    if SPACES.find(name) is not None or not is_space_path(name):
+        return find_space(name, missing_ok=missing_ok)
+    path = _space_file(name)
+    if missing_ok and not path.is_file():
+        return None
+    if path.resolve() not in _ALLOWED_SPACE_FILES:
+        raise SpaceLoadError(f"the genotype's space {name!r} is a Python file, and nas-restore does not run code "
+                             "that a genotype or model file names: if you trust that file, pass "
+                             f"--space {name} (in Python: search_spaces.allow_space_file({name!r}))")
+    return user_space(name)
+
+
+def _space_file(name: str) -> Path:
+    return Path(name.rpartition(":")[0] if ":" in name else name).expanduser()
 
 
 def list_spaces() -> list[SpaceSpec]:
@@ -96,7 +130,7 @@ def validate_genotype(genotype: Genotype) -> Genotype:
 
     A foreign genotype (e.g. published DARTS cells) is checked for structure only.
     """
-    spec = find_space(genotype.space, missing_ok=True)
+    spec = space_of(genotype, missing_ok=True)
     if spec is None:
         return genotype.validate()
     return spec.validate_genotype(genotype)

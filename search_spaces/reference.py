@@ -56,6 +56,7 @@ from nas_restore.genotype import Genotype
 from nas_restore.registry import Registry
 from search_spaces import find_space
 from search_spaces.baselines import baseline_genotype
+from search_spaces.prn import prn_genotype
 from search_spaces.tmics import PRESETS, chain_cell
 
 HEAVY_OPS = ("Residualblocks_5_1", "SPAattention_3", "ECAattention_3", "Residualblocks_3_1")
@@ -86,6 +87,8 @@ REFERENCES.register("tmics-light", lambda: _tmics_reference(
     "tmics-light", "ofm", LIGHT_OPS, "classical", "TMICS code, multi_evaluate_dual_light.py / TMICS_Light.py"))
 # the hand-designed residual CNN baseline, at about the demo genotype's parameter count
 REFERENCES.register("rescnn", lambda: baseline_genotype("demo"))
+# the field's small hand design PRN_r (Ren et al. CVPR 2019) at its published size: 21,123 weights, 6 shared stages
+REFERENCES.register("prn", lambda: prn_genotype("paper"))
 
 
 def reference_names() -> list[str]:

@@ -69,7 +69,8 @@ log = logging.getLogger(__name__)
 BUDGET_UNITS = ("epochs", "seconds")
 REFERENCE_STRATEGY = "random"
 RESULT_COLUMNS = ("strategy", "family", "seed", "status", "genotype_id", "params", "flops", "search_seconds",
-                  "search_cost_epochs", "retrain_seconds", "retrain_epochs", "retrain_val_psnr", "psnr", "ssim",
+                  "search_cost_epochs", "decided", "decision_margin", "retrain_seconds", "retrain_epochs",
+                  "retrain_val_psnr", "psnr", "ssim",
                   "psnr_input", "ssim_input", "budget", "budget_unit", "genotype", "error")
 # settings that may change between calls on one out folder without invalidating finished runs
 _EXTENSIBLE = ("strategies", "seeds", "first_seed", "progress")
@@ -359,6 +360,7 @@ def run_one(config: CompareConfig, strategy: str, seed: int, run_dir: Path, test
         "genotype_id": search["genotype_id"], "params": count_parameters(model),
         "flops": count_flops(model, input_shape(frames, size, size)),
         "search_seconds": search["search_seconds"], "search_cost_epochs": search["search_cost_epochs"],
+        **_decision_columns(genotype),
         "retrain_seconds": round(retrained["seconds"], 2), "retrain_epochs": retrained["epochs"],
         "retrain_val_psnr": retrained["best_val_psnr"],
         "psnr": evaluation.summary["psnr"], "ssim": evaluation.summary["ssim"],
@@ -515,6 +517,23 @@ def write_results(rows: list[dict[str, Any]], path: Path,
 # the report
 
 
+def _decision_columns(genotype: Any) -> dict[str, Any]:
+    """Did the one-shot search decide (nas_restore/decision.py)? Blank for multi-trial searches."""
+    decision = (genotype.metadata or {}).get("decision")
+    if not decision:
+        return {"decided": "", "decision_margin": None}
+    return {"decided": "yes" if decision["decided"] else "no", "decision_margin": decision["median_margin"]}
+
+
+def _decided_text(done: pd.DataFrame) -> str:
+    """``k/n`` one-shot runs whose search decided, with their median margin; – for multi-trial."""
+    if "decided" not in done or not done["decided"].isin(["yes", "no"]).any():
+        return "–"
+    marked = done[done["decided"].isin(["yes", "no"])]
+    margin = pd.to_numeric(marked["decision_margin"], errors="coerce").median()
+    return f"{int((marked['decided'] == 'yes').sum())}/{len(marked)} (margin {margin:.2f})"
+
+
 def _paired_difference(results: pd.DataFrame, strategy: str, reference: str) -> list[float]:
     """PSNR(strategy, seed) - PSNR(reference, seed) over the seeds where both finished."""
     done = results[results["status"] == "done"]
@@ -527,12 +546,12 @@ def _paired_difference(results: pd.DataFrame, strategy: str, reference: str) -> 
 def strategy_table(results: pd.DataFrame, strategies: list[str], reference: str | None,
                    test_record: dict[str, Any] | None = None) -> str:
     header = ["strategy", "runs", "PSNR (dB)", "SSIM", f"Δ PSNR vs {reference or '–'} (paired)", "params",
-              "FLOPs", "search s", "search epochs", "retrain s"]
+              "FLOPs", "search s", "search epochs", "decided", "retrain s"]
     order = ([reference] if reference else []) + [s for s in strategies if s != reference]
     rows = []
     if test_record is not None:
         rows.append(["rainy input", "–", f"{test_record['psnr_input']:.2f}", f"{test_record['ssim_input']:.4f}",
-                     "–", "–", "–", "–", "–", "–"])
+                     "–", "–", "–", "–", "–", "–", "–"])
     for strategy in order:
         sub = results[results["strategy"] == strategy]
         done = sub[sub["status"] == "done"]
@@ -548,7 +567,7 @@ def strategy_table(results: pd.DataFrame, strategies: list[str], reference: str 
                      fmt_count(done["params"].astype(float).mean()) if len(done) else "–",
                      fmt_count(done["flops"].astype(float).mean()) if len(done) else "–",
                      mean_std(done["search_seconds"], 0), mean_std(done["search_cost_epochs"], 1),
-                     mean_std(done["retrain_seconds"], 0)])
+                     _decided_text(done), mean_std(done["retrain_seconds"], 0)])
     return markdown_table(header, rows)
 
 

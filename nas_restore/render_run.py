@@ -30,9 +30,11 @@ from nas_restore.genotype import Genotype, GenotypeError, cells_from_nni_arch
 from nas_restore.sources import load_genotype
 from nas_restore.analysis import diff_genotypes, safe_stem
 from nas_restore.graph import input_names
+from nas_restore.decision import Decision, decision_of_run
+from nas_restore.errors import UserError
 from nas_restore.run_records import ALPHAS, DERIVED, METRIC_COLUMNS, METRICS, is_run_folder, load_alphas
 from nas_restore.render import MPL_FORMATS, PNG_DPI, RenderResult, render_genotype
-from search_spaces import find_space
+from search_spaces import space_of
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +72,7 @@ def derived_genotypes(run_dir: str | Path, final: Genotype) -> list[tuple[int, G
     path = Path(run_dir) / DERIVED
     if not path.is_file():
         return []
-    spec = find_space(final.space, missing_ok=True)
+    spec = space_of(final, missing_ok=True)
     config = spec.config_class.from_dict(final.space_config) if spec is not None else None
     out = []
     for number, line in enumerate(path.read_text().splitlines(), 1):
@@ -368,12 +370,27 @@ def derived_markdown(changes: list[EpochChange], final: Genotype, run_name: str)
     return "\n".join(lines) + "\n"
 
 
+def decision_markdown(decision: Decision, run_name: str) -> str:
+    """``decision.md``: did the search decide, choice by choice (see nas_restore/decision.py)."""
+    lines = [f"# Did the search decide? {run_name}", "", decision.summary() + ".", ""]
+    if not decision.decided:
+        lines += [decision.advice()[0].upper() + decision.advice()[1:] + ".", ""]
+    lines += ["Margin: the kept candidate's weight minus the runner-up's, in uniform shares 1/n; entropy: of the "
+              "weights, against uniform (1 = uniform).", "",
+              "| choice | n | kept | weight | runner-up | weight | margin | entropy |",
+              "|---|---:|---|---:|---|---:|---:|---:|"]
+    for c in decision.choices:
+        lines.append(f"| {c.label} | {c.candidates} | {c.kept} | {c.kept_weight:.3f} | {c.runner_up} | "
+                     f"{c.runner_up_weight:.3f} | {c.margin:.2f} | {c.entropy:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
 def render_run(run_dir: str | Path, out_dir: str | Path | None = None, formats: Iterable[str] = ("svg", "png"),
                use_dot: bool | None = None, overview: bool = True) -> RenderResult:
     """Everything ``nas-restore render runs/NAME`` draws; returns the files written and notes."""
     run_dir = Path(run_dir)
     if not is_run_folder(run_dir):
-        raise ValueError(f"{run_dir} is not a search run folder (no alphas.csv); give runs/NAME as written "
+        raise UserError(f"{run_dir} is not a search run folder (no alphas.csv); give runs/NAME as written "
                          "by `nas-restore search`")
     out_dir = Path(out_dir) if out_dir is not None else run_dir / "render"
     formats = [f.lower().lstrip(".") for f in formats]
@@ -418,13 +435,20 @@ def render_run(run_dir: str | Path, out_dir: str | Path | None = None, formats: 
     else:
         result.messages.append(f"no derived_by_epoch: {run_dir / 'derived.jsonl'} is missing or empty")
 
+    decision = decision_of_run(run_dir)
+    if decision is not None:
+        path = out_dir / "decision.md"
+        path.write_text(decision_markdown(decision, name), encoding="utf-8")
+        result.paths.append(path)
+        result.messages.append(decision.summary() + ("" if decision.decided else f" ({decision.advice()})"))
+
     metrics_path = run_dir / METRICS
     if metrics_path.is_file():
         metrics = pd.read_csv(metrics_path)
         missing = [c for c in METRIC_COLUMNS if c not in metrics.columns]
         if missing:
-            raise ValueError(f"{metrics_path} lacks the column(s) {missing}; expected epoch, train_loss, val_psnr, "
-                             "seconds")
+            raise UserError(f"{metrics_path} lacks the column(s) {missing}; expected epoch, train_loss, val_psnr, "
+                            "seconds (re-run the search to regenerate it)")
         if not metrics.empty:
             fig = plot_metrics(metrics, f"{name}: supernet during the search")
             _save(fig, out_dir, "metrics", plot_formats, result)

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 from nas_restore import config as cfg
 from nas_restore.config import ConfigError
 from nas_restore.datasets import DataConfig, train_val_datasets
+from nas_restore.decision import decision_of_run
 from nas_restore.device import lightning_accelerator, resolve_device
 from nas_restore.genotype import Genotype
 from nas_restore.losses import LossConfig
@@ -28,6 +29,7 @@ from nas_restore.metrics import MAX_PSNR, psnr_torch
 from nas_restore.multitrial import run_multitrial
 from nas_restore.nni_layer import labelled_alphas
 from nas_restore.nni_layer.runner import make_lightning_evaluator, make_search_module, run_oneshot
+from nas_restore.outputs import RunLock
 from nas_restore.precision import PRECISIONS, Precision, resolve_precision
 from nas_restore.run_records import (ALPHAS, ALPHA_COLUMNS, ANYTIME, CONFIG, DERIVED, GENOTYPE, GUARD, LOG, METRICS,
                                      NNI_DIR, write_anytime)
@@ -192,8 +194,10 @@ def run_search(config: SearchConfig, run_dir: str | Path) -> SearchResult:
     (:func:`nas_restore.multitrial.run_multitrial`). Both write ``anytime.csv`` and return NNI's
     architecture dict plus the metadata they add to the genotype.
     """
-    with JobSlot():  # counted among the running jobs: torch takes this job's share of the cores
-        return _search(config, Path(run_dir))
+    # a search's own folder (not a retraining's: both write config.yaml and genotype.json), one command at a time
+    run_dir = Path(run_dir)
+    with JobSlot(), RunLock(run_dir, kind="search"):  # JobSlot: counted among the running jobs (threads)
+        return _search(config, run_dir)
 
 
 def _search(config: SearchConfig, run_dir: Path) -> SearchResult:
@@ -224,6 +228,11 @@ def _search(config: SearchConfig, run_dir: Path) -> SearchResult:
                                 train_data=train_data, val_data=val_data, started=started)
         if strategy_spec.one_shot:
             arch, extra = _run_one_shot(context)
+            decision = decision_of_run(run_dir)  # did the weights move far enough for the pick to mean much?
+            if decision is not None:
+                extra["decision"] = decision.to_dict()
+                if not decision.decided:
+                    log.warning("%s; %s", decision.summary(), decision.advice())
         else:
             arch, extra = run_multitrial(context)
         seconds = time.perf_counter() - started

@@ -4,9 +4,9 @@ A genotype source is one of:
 
 - a genotype JSON file, or a search run folder holding ``genotype.json``;
 - a DARTS text file of ``Genotype(...)`` entries; ``PATH:NAME`` (or ``name=``) picks one of several;
-- a built-in reference name (``tmics-heavy``, ``tmics-light``, ``rescnn``: :mod:`search_spaces.reference`);
+- a built-in reference name (``tmics-heavy``, ``tmics-light``, ``rescnn``, ``prn``: :mod:`search_spaces.reference`);
 - ``space:NAME[:PRESET]``: the one architecture of a space without choices (a hand design such as
-  ``rescnn``); a space with choices gives its seed-0 random draw;
+  ``rescnn`` or ``prn``); a space with choices gives its seed-0 random draw;
 - ``random:N`` (``rank`` only): N uniform draws from the space of a ``like`` genotype, at its size.
 
 Every genotype is checked against its space here (:func:`search_spaces.validate_genotype`), so a
@@ -17,10 +17,10 @@ the file and the fix.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from nas_restore.genotype import Genotype, GenotypeError, read_genotype_file
-from search_spaces import find_space, validate_genotype
+from search_spaces import find_space, space_of, validate_genotype
 from search_spaces.reference import find_reference, reference_names
 
 RUN_GENOTYPE = "genotype.json"  # what a search run folder holds (nas_restore.run_records names the rest)
@@ -80,7 +80,7 @@ def random_genotypes(like: Genotype, count: int, first_seed: int = 0) -> list[Ge
     """``count`` architectures drawn uniformly from ``like``'s space at ``like``'s space config."""
     from nas_restore.nni_layer.space import random_architecture  # NNI is heavy: only for draws
 
-    spec = find_space(like.space)
+    spec = space_of(like)
     space_config = spec.config_class.from_dict(dict(like.space_config))
     out = []
     for seed in range(first_seed, first_seed + count):
@@ -89,6 +89,28 @@ def random_genotypes(like: Genotype, count: int, first_seed: int = 0) -> list[Ge
         out.append(spec.to_genotype(arch, space_config, {"name": f"random-{seed}", "strategy": "uniform random "
                                                          "sample (rank)", "seed": seed, "nni_arch": arch}))
     return out
+
+
+def random_genotypes_where(like: Genotype, count: int, keep: Callable[[Genotype], bool], first_seed: int = 0,
+                           max_tries: int | None = None) -> tuple[list[Genotype], int]:
+    """Up to ``count`` draws of :func:`random_genotypes` (seeds ``first_seed``, ``first_seed + 1``, ...) for
+    which ``keep`` is true, trying at most ``max_tries`` seeds (default ``50 * count``); also the number tried.
+
+    Why: a random baseline drawn uniformly may be much smaller or larger than the genotype it is compared
+    with, and then measures size, not architecture; ``keep`` (e.g. parameters and MACs within 15 % of the
+    searched genotype's) makes the draws comparable. Fewer than ``count`` come back when the tries run out:
+    the caller says so."""
+    tries = 50 * count if max_tries is None else max_tries
+    kept: list[Genotype] = []
+    tried = 0
+    for seed in range(first_seed, first_seed + tries):
+        if len(kept) >= count:
+            break
+        tried += 1
+        genotype = random_genotypes(like, 1, seed)[0]
+        if keep(genotype):
+            kept.append(genotype)
+    return kept, tried
 
 
 def space_genotype(text: str) -> Genotype:
@@ -118,7 +140,7 @@ def with_frames(genotype: Genotype, frames: int) -> Genotype:
                             f"{', '.join(sorted(genotype.space_config))}): it takes the frames it was built for")
     if int(genotype.space_config["frames"]) == frames:
         return genotype
-    spec = find_space(genotype.space)
+    spec = space_of(genotype)
     if not genotype.cells:  # a space without choices: its genotype repeats its config
         space_config = spec.config_class.from_dict({**genotype.space_config, "frames": frames})
         return spec.to_genotype({}, space_config, dict(genotype.metadata or {}))
@@ -139,4 +161,5 @@ def random_count(text: str) -> int | None:
     return int(count)
 
 
-__all__ = ["load_genotype", "with_frames", "source_label", "random_genotypes", "space_genotype", "random_count", "RUN_GENOTYPE"]
+__all__ = ["load_genotype", "with_frames", "source_label", "random_genotypes", "random_genotypes_where",
+           "space_genotype", "random_count", "RUN_GENOTYPE"]

@@ -128,11 +128,14 @@ def test_compare_writes_results_summary_plots_and_resumes_without_redoing(tmp_pa
     assert (done["params"] > 0).all() and (done["flops"] > 0).all() and done["psnr"].notna().all()
     assert done["ssim"].between(0, 1).all() and done["search_cost_epochs"].notna().all()
     assert (done[done["strategy"] == "darts"]["search_cost_epochs"] == 2).all()  # budget 2 -> 2 supernet epochs
+    assert set(done[done["strategy"] == "darts"]["decided"]) <= {"yes", "no"}  # did the one-shot search decide?
+    assert done[done["strategy"] != "darts"]["decided"].isna().all()  # multi-trial: nothing to decide
     assert results["psnr_input"].dropna().nunique() == 1  # one test set for all
     for name in ("summary.md", "anytime.png", "pareto.png", "box.png", "compare.yaml"):
         assert (out / name).is_file(), name
     summary = (out / "summary.md").read_text()
     assert "**random**" in summary and "reference" in summary and "simulated crash" in summary
+    assert "| decided |" in summary and "(margin " in summary  # the search-decided column
     assert "nas-restore compare (test)" in summary and "load average" in summary
 
     # resume: the crashed run is redone; a run whose done marker is gone only re-evaluates (its search and

@@ -38,6 +38,12 @@ def _add_precision(p: argparse.ArgumentParser) -> None:
                         "losses, metrics and saved weights stay fp32")
 
 
+def _add_space_file(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--space", default=None, metavar="FILE.py:CLASS",
+                   help="the user space file that the genotype names, trusted to be imported (a genotype or model "
+                        "file alone never makes nas-restore run code)")
+
+
 def _add_data(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=None, help="folder of pairs (input/+target/ or rainy/+clean/) or of clips; "
                                                 "default: built-in synthetic rain")
@@ -98,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "FILE:NAME picks one Genotype of a text file)")
     p.add_argument("--name", default=None, help="which NAME = Genotype(...) of a text file holding several")
     p.add_argument("--out", default=None, help="output folder (default: <genotype folder>/render; --diff: ./diff)")
+    _add_space_file(p)
     p.add_argument("--format", default="svg,png", help="comma-separated: svg, png, pdf")
 
     p = sub.add_parser("inspect", help="depth, op histogram, longest path and parameters of a genotype")
@@ -105,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default=None, help="which NAME = Genotype(...) of a text file holding several")
     p.add_argument("--channels", type=int, default=None,
                    help="channel width for op parameter counts (default: the genotype's space_config.channels)")
+    _add_space_file(p)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
     p = sub.add_parser("retrain", help="train a genotype from scratch; writes model.pt, checkpoints, metrics")
@@ -114,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
+    _add_space_file(p)
     p.add_argument("--devices", type=int, default=None)
     p.add_argument("--num-nodes", type=int, default=None)
     _add_precision(p)
@@ -127,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=None, help="frames per window (default: the model's)")
     p.add_argument("--crop-border", type=int, default=0)
     p.add_argument("--rgb", action="store_true", help="score RGB instead of the Y channel")
+    _add_space_file(p)
     p.add_argument("--save-outputs", default=None, help="folder for the derained images")
     p.add_argument("--out", default=None, help="folder for per_item.csv and summary.json")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -146,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile", type=int, default=256, help="tile size in px; 0 = whole frames")
     p.add_argument("--tile-overlap", type=int, default=16)
     p.add_argument("--figure", default=None, help="also write a before/after PNG figure of a few frames")
+    _add_space_file(p)
     p.add_argument("--figure-frames", type=int, default=3)
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")
@@ -155,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="model.pt from `retrain` (or its folder)")
     p.add_argument("--out", required=True, help="output file, e.g. model.pt2")
     p.add_argument("--height", type=int, default=64, help="example input height")
+    _add_space_file(p)
     p.add_argument("--width", type=int, default=64, help="example input width")
 
     p = sub.add_parser("continual", help="continual learning across rain types: fine-tuning, distillation, "
@@ -169,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--patch-size", type=int, default=None)
+    _add_space_file(p)
     p.add_argument("--replay-size", type=int, default=None, help="samples kept in the rain-review buffer")
     p.add_argument("--replay-policy", default=None, help="quota (equal share per old task) or reservoir")
     p.add_argument("--space-config", default=None,
@@ -206,9 +219,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-split", default=None, help="split of the evaluation folder, e.g. holdout")
     p.add_argument("--like", default=None, help="genotype whose space config random:N (and --reference-size like) "
                                                 "use; default: the first genotype file listed")
+    _add_space_file(p)
     p.add_argument("--reference-size", choices=("released", "like"), default=None,
                    help="TMICS references at their released size (default) or rebuilt at the like genotype's size")
-    p.add_argument("--random-seed", type=int, default=None, help="random:N draws seeds S..S+N-1 (default 0)")
+    p.add_argument("--random-seed", type=int, default=None, help="random:N draws seeds S, S+1, ... (default 0)")
+    p.add_argument("--match-size", default=None, metavar="TOL|off",
+                   help="keep random:N draws whose parameters and MACs are within TOL (a fraction) of the like "
+                        "genotype's (default 0.15; at most 50 N tries, a shortfall is reported); off: uniform draws")
+    p.add_argument("--seeds", type=int, default=None, metavar="K",
+                   help="retrain every entry with K seeds (--seed, +1, ...): mean ± std per entry and a bootstrap "
+                        "interval of its difference to the random rows (default 1)")
     p.add_argument("--profile-size", default=None, help="WxH for FLOPs and frames/s (default 640x480)")
     p.add_argument("--config", default=None, help="YAML file with rank settings (retrain: {train:, data:}, ...)")
     p.add_argument("--out", required=True, help="report folder, e.g. reports/NAME")
@@ -232,12 +252,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="fp32,auto", help="comma-separated: fp32, bf16, fp16, auto "
                                                             "(default fp32,auto)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    _add_space_file(p)
     p.add_argument("--repeats", type=int, default=5, help="timed passes (median)")
     p.add_argument("--warmup", type=int, default=2, help="untimed passes first")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--no-peak", action="store_true",
                    help="skip measuring the machine's peak (a 96->96 3x3 conv) and the fraction of it")
     p.add_argument("--json", action="store_true", help="print one JSON object (its rows: one per precision)")
+
+    p = sub.add_parser("synth", help="paired rainy/clean clips (input/<clip>/, target/<clip>/) from your own clean "
+                                     "video or frame folder: moving rain, scene cuts as clip boundaries")
+    p.add_argument("input", help="clean video file (mp4, avi, ...; needs imageio-ffmpeg) or folder of frames")
+    p.add_argument("--out", required=True, help="output folder (new, empty, or one synth wrote before)")
+    p.add_argument("--rain", default="light", help="rain types given to the clips in turn, comma-separated: light, "
+                                                   "heavy, slanted, accumulation (default light)")
+    p.add_argument("--size", default=None, metavar="HxW", help="output frame size (resized to cover, centre-cropped; "
+                                                               "default: the source size)")
+    p.add_argument("--frames", type=int, default=None, help="frames per clip (default 5)")
+    p.add_argument("--stride", type=int, default=None, help="frames between clip starts (default: --frames)")
+    p.add_argument("--max-clips", type=int, default=None, help="at most this many clips, spread over the video")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--wind", type=float, default=None,
+                   help="largest turn of the fall direction, degrees per frame (drawn per clip; default 1)")
+    p.add_argument("--speed", type=float, default=None, help="fall speed in px per frame (default: the rain type's)")
+    p.add_argument("--haze", type=float, default=None, help="accumulation veil 0..0.95 (default: the rain type's)")
+    p.add_argument("--fresh", type=float, default=None, help="share of the streaks new in every frame (default 0.2)")
+    p.add_argument("--cut-k", type=float, default=None,
+                   help="scene-cut threshold: median + K x MAD of the neighbours' frame differences (default 6)")
+    p.add_argument("--no-cuts", action="store_true", help="do not detect scene cuts (one shot)")
+    p.add_argument("--keep-repeats", action="store_true",
+                   help="keep frames that repeat the previous one (dropped by default: a decoder's padding)")
 
     p = sub.add_parser("config", help="print the default settings of a command as YAML (a start for --config)")
     p.add_argument("kind", choices=tuple(CONFIG_CLASSES), help="which command's settings")
@@ -252,6 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _configure_logging(args.verbose)
+    _allow_named_space_files(getattr(args, "space", None))
     try:
         with JobSlot():  # counted among the running jobs: torch takes this job's share of the cores
             return int(COMMANDS[args.command](args) or 0)
@@ -264,15 +309,47 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except Exception:
+        print("internal error: this is a bug in nas-restore, not a problem with your input; please report it "
+              "with the command and the traceback below", file=sys.stderr)
+        raise
+
+
+def _allow_named_space_files(spaces: str | None) -> None:
+    """A space file named on the command line (``--space FILE.py:CLASS``, comma-separated for compare) is the
+    user's own choice: genotypes that name it may import it."""
+    from search_spaces import allow_space_file, is_space_path
+
+    for name in (spaces or "").split(","):
+        if is_space_path(name.strip()):
+            allow_space_file(name.strip())
+
+
+class _Console(logging.StreamHandler):
+    """The console handler: writes to the current ``sys.stderr`` (not the one at set-up) and is set up once
+    per process, however many times ``main`` runs in it (tests, notebooks)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
 
 
 def _configure_logging(verbose: bool) -> None:
     """Console: warnings (or info with -v); the root logger passes INFO on to run folders' log files."""
-    console = logging.StreamHandler()
-    console.setLevel(logging.INFO if verbose else logging.WARNING)
-    console.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
-    root.addHandler(console)
+    console = next((h for h in root.handlers if isinstance(h, _Console)), None)
+    if console is None:
+        console = _Console()
+        console.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        root.addHandler(console)
+    console.setLevel(logging.INFO if verbose else logging.WARNING)
     root.setLevel(logging.INFO)
 
 
@@ -400,6 +477,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from nas_restore.analysis import format_report, inspect_genotype
 
     genotype, _ = _genotype_argument(args.genotype, args.name)
+    if args.channels is not None and args.channels < 1:
+        raise UserError(f"--channels must be >= 1, got {args.channels}")
     report = inspect_genotype(genotype, channels=args.channels)
     print(json.dumps(report.to_dict(), indent=2) if args.json else format_report(report))
     return 0
@@ -424,17 +503,28 @@ def cmd_retrain(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from nas_restore.build import check_frames
     from nas_restore.evaluation import evaluate_folder
     from nas_restore.metrics import Protocol
 
     protocol = Protocol(y_channel=not args.rgb, crop_border=args.crop_border)
-    model, frames = None, args.frames or 1
+    model, frames = None, check_frames(args.frames)  # a model's own is checked against it below
     if args.model:
         from nas_restore.inference import Derainer
 
-        derainer = Derainer.from_checkpoint(args.model, device=args.device, tile=args.tile or None,
-                                            overlap=args.tile_overlap, precision=args.precision or "fp32")
-        model, frames = derainer.as_module(), args.frames or derainer.frames
+        derainer = Derainer.from_checkpoint(args.model, frames=args.frames, device=args.device,
+                                            tile=args.tile or None, overlap=args.tile_overlap,
+                                            precision=args.precision or "fp32")
+        model, frames = derainer.as_module(), derainer.frames
+    if args.save_outputs or args.out:  # folders, never among (or over) the images being scored
+        from nas_restore.data.folders import find_pair_dirs
+        from nas_restore.outputs import check_not_inside, check_output_folder
+
+        inputs, targets = find_pair_dirs(args.data)
+        for flag, value in (("--save-outputs", args.save_outputs), ("--out", args.out)):
+            if value:
+                check_output_folder(value, flag)
+                check_not_inside(value, {"the data's input folder": inputs, "the data's target folder": targets}, flag)
     result = evaluate_folder(Path(args.data), model, protocol=protocol, frames=frames,
                              device=args.device if args.model else "cpu", split=args.split,
                              save_outputs=Path(args.save_outputs) if args.save_outputs else None,
@@ -541,15 +631,31 @@ def cmd_rank(args: argparse.Namespace) -> int:
                                              "patch_size": args.patch_size}},
         "eval_data": args.eval_data, "eval_split": args.eval_split, "like": args.like,
         "reference_size": args.reference_size, "random_seed": args.random_seed, "profile_size": profile,
-        "device": args.device, "precision": args.precision,
+        "device": args.device, "precision": args.precision, "seeds": args.seeds,
     }
     if args.progress:
         overrides["progress"] = True
-    config = RankConfig.from_dict(cfg.merge(data, overrides))
+    merged = cfg.merge(data, overrides)
+    if args.match_size is not None:
+        if args.match_size.strip().lower() in ("off", "none", "no"):
+            merged["match_tolerance"] = None  # an explicit null: RankConfig.from_dict keeps it (matching off)
+        else:
+            try:
+                merged["match_tolerance"] = float(args.match_size)
+            except ValueError:
+                raise cfg.ConfigError(f"--match-size expects a fraction (e.g. 0.15 for within 15 %) or off, got "
+                                      f"{args.match_size!r}") from None
+    config = RankConfig.from_dict(merged)
     result = run_rank(args.entries, config, args.out, command=command_line(), say=lambda m: print(m, flush=True))
     for r in result.results.itertuples():
         score = f"PSNR {r.psnr:.2f} dB  SSIM {r.ssim:.4f}" if r.status == "done" else f"{r.status}: {r.error}"
-        print(f"  {r.entry:>24}: {score}")
+        seed = f" (seed {int(r.seed)})" if config.seeds > 1 and r.kind != "input" else ""
+        print(f"  {r.entry + seed:>24}: {score}")
+    for line in result.statistics.itertuples() if result.statistics is not None else ():
+        if line.separable is not None and line.psnr_diff_random == line.psnr_diff_random:
+            verdict = "separable" if line.separable else "not separable"
+            print(f"  {line.entry:>24}: {line.psnr_diff_random:+.2f} dB to the random mean "
+                  f"[{line.psnr_diff_lo:+.2f}, {line.psnr_diff_hi:+.2f}], {verdict}")
     print(f"  results : {result.out / 'results.csv'}")
     print(f"  summary : {result.summary_path}")
     return 0
@@ -557,10 +663,17 @@ def cmd_rank(args: argparse.Namespace) -> int:
 
 def cmd_derain(args: argparse.Namespace) -> int:
     from nas_restore.inference import Derainer, figure_of_result
+    from nas_restore.outputs import check_not_inside, check_output_folder
 
     derainer = Derainer.from_checkpoint(args.model, device=args.device, tile=args.tile or None,
                                         overlap=args.tile_overlap, progress=not args.no_progress,
                                         precision=args.precision or "fp32")
+    check_output_folder(args.out)
+    source = Path(args.input)  # outputs keep the input file names: in the input's folder they would overwrite it
+    if source.is_dir():
+        check_not_inside(args.out, {"the input folder": source})
+    elif source.exists():
+        check_not_inside(args.out, {"the input file's folder": source.parent}, inside=False)
     result = derainer.run(args.input, args.out, mode=args.mode)
     print(f"derained {len(result.inputs)} {result.mode} -> {args.out}")
     if args.figure:
@@ -646,6 +759,35 @@ def cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_synth(args: argparse.Namespace) -> int:
+    from collections import Counter
+
+    from nas_restore.data.video_synth import SynthConfig, parse_size, synth
+
+    overrides: dict[str, Any] = {
+        "rain": [r.strip() for r in args.rain.split(",") if r.strip()],
+        "size": parse_size(args.size) if args.size else None, "frames": args.frames, "stride": args.stride,
+        "max_clips": args.max_clips, "seed": args.seed, "wind": args.wind, "speed": args.speed, "haze": args.haze,
+        "fresh": args.fresh, "cut_k": args.cut_k,
+    }
+    if args.no_cuts:
+        overrides["detect_cuts"] = False
+    if args.keep_repeats:
+        overrides["drop_repeats"] = False
+    config = cfg.from_dict(SynthConfig, cfg.merge({}, overrides), "synth")
+    result = synth(args.input, args.out, config)
+    r = result.record
+    rains = ", ".join(f"{n} {name}" for name, n in Counter(c["rain"] for c in result.clips).items())
+    print(f"wrote {len(result.clips)} clip(s) of {config.frames} frames ({r['size'][0]}x{r['size'][1]}; {rains}) "
+          f"-> {result.out}")
+    repeats = f", {len(r['repeated_frames'])} repeated frame(s) dropped" if r["repeated_frames"] else ""
+    cuts = (" at " + ", ".join(map(str, r["cuts"][:10])) + (" ..." if len(r["cuts"]) > 10 else "")) if r["cuts"] else ""
+    print(f"  source  : {r['source']} ({r['source_frames']} frames{repeats}, {len(r['cuts'])} scene cut(s){cuts})")
+    print(f"  record  : {result.record_path}")
+    print(f"  train on: nas-restore search --data {result.out} --frames N (N odd, <= {config.frames})")
+    return 0
+
+
 # `nas-restore config KIND`: the config class behind each command's --config file (module, class)
 CONFIG_CLASSES = {"search": ("nas_restore.search", "SearchConfig"),
                   "retrain": ("nas_restore.retraining", "RetrainRunConfig"),
@@ -699,7 +841,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 COMMANDS = {"demo": cmd_demo, "search": cmd_search, "render": cmd_render, "inspect": cmd_inspect,
             "retrain": cmd_retrain, "continual": cmd_continual, "compare": cmd_compare, "rank": cmd_rank,
             "evaluate": cmd_evaluate, "derain": cmd_derain, "export": cmd_export, "config": cmd_config,
-            "spaces": cmd_list, "strategies": cmd_list, "ops": cmd_list, "profile": cmd_profile}
+            "spaces": cmd_list, "strategies": cmd_list, "ops": cmd_list, "profile": cmd_profile,
+            "synth": cmd_synth}
 
 
 if __name__ == "__main__":

@@ -9,12 +9,13 @@ the demo's searched TMICS genotype (``de40d40c90b2``: 35,520 weights; rescnn dem
 Its genotype has no cells; ``macro`` repeats the config (channels, blocks, frames), so a rendered or
 compared genotype shows its size. ``baseline_genotype()`` makes one (save it with ``.save(path)``
 and retrain it like any genotype). There is nothing to search: ``make_space`` says so.
+:func:`fixed_space` registers any such space without choices (``rescnn`` here, ``prn`` in ``prn.py``).
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
@@ -82,65 +83,55 @@ class ResCNN(nn.Module):
         return centre + self.tail(self.body(self.head(x.flatten(1, 2))))
 
 
-def _macro(config: ResCNNConfig) -> dict[str, str]:
-    return {k: str(v) for k, v in config.to_dict().items()}
+def fixed_space(name: str, config_class: Any, network: Callable[[Any], nn.Module], description: str,
+                presets: dict[str, dict[str, Any]], retrain_hint: str) -> SpaceSpec:
+    """Register a space without architecture choices (a hand design): its genotype has no cells, and its
+    ``macro`` repeats the config, so that a rendered or compared genotype shows the network's size."""
+
+    def macro(config: Any) -> dict[str, str]:
+        return {k: str(v) for k, v in config.to_dict().items()}
+
+    def make_space(config: Any) -> Any:
+        raise ConfigError(f"{name} is a hand-designed baseline with no architecture choice: there is nothing to "
+                          f"search. Retrain it beside searched genotypes ({retrain_hint})")
+
+    def validate_genotype(genotype: Genotype) -> Genotype:
+        try:
+            config = config_class.from_dict(genotype.space_config)
+        except (TypeError, ValueError) as err:
+            raise GenotypeError(f"space_config: {err}") from None
+        if genotype.cells:
+            raise GenotypeError(f"cells: a {name} genotype has no cells, got {sorted(genotype.cells)}")
+        expected = macro(config)
+        if genotype.macro != expected:
+            raise GenotypeError(f"macro {genotype.macro} does not repeat space_config: it must be {expected} "
+                                f"({name} has no choices; change space_config and the macro together)")
+        return genotype
+
+    def to_genotype(arch: dict[str, Any], config: Any, metadata: dict[str, Any] | None = None) -> Genotype:
+        if arch:
+            raise GenotypeError(f"{name} has no architecture choices, got {sorted(arch)}")
+        genotype = Genotype(space=name, cells={}, macro=macro(config), space_config=config.to_dict(),
+                            metadata=dict(metadata or {}))
+        return validate_genotype(genotype)
+
+    def make_network(genotype: Genotype) -> nn.Module:
+        return network(config_class.from_dict(genotype.space_config))
+
+    return register_space(SpaceSpec(
+        name=name, description=BASELINE_PREFIX + description, config_class=config_class, make_space=make_space,
+        make_network=make_network, to_genotype=to_genotype, validate_genotype=validate_genotype, presets=presets,
+        to_nni_arch=lambda genotype: {}))
 
 
 def baseline_genotype(preset: str | None = "demo", **overrides: Any) -> Genotype:
     """The rescnn genotype for a preset and overrides (``baseline_genotype(channels=32)``)."""
-    config = find_space("rescnn").config(preset, **overrides)
-    genotype = Genotype(space="rescnn", cells={}, macro=_macro(config), space_config=config.to_dict(),
-                        metadata={"name": "rescnn", "strategy": "hand-designed baseline (no search)",
-                                  "preset": preset})
-    return validate_genotype(genotype)
+    spec = find_space("rescnn")
+    return spec.to_genotype({}, spec.config(preset, **overrides),
+                            {"name": "rescnn", "strategy": "hand-designed baseline (no search)", "preset": preset})
 
 
-def make_network(genotype: Genotype) -> ResCNN:
-    return ResCNN(ResCNNConfig.from_dict(genotype.space_config))
-
-
-def make_space(config: ResCNNConfig) -> Any:
-    raise ConfigError("rescnn is a hand-designed baseline with no architecture choice: there is nothing to "
-                     "search. Retrain it beside searched genotypes (`nas-restore retrain rescnn --out ...`, "
-                     "or a genotype from search_spaces.baselines.baseline_genotype())")
-
-
-def to_genotype(arch: dict[str, Any], config: ResCNNConfig, metadata: dict[str, Any] | None = None) -> Genotype:
-    if arch:
-        raise GenotypeError(f"rescnn has no architecture choices, got {sorted(arch)}")
-    genotype = Genotype(space="rescnn", cells={}, macro=_macro(config), space_config=config.to_dict(),
-                        metadata=dict(metadata or {}))
-    return validate_genotype(genotype)
-
-
-def to_nni_arch(genotype: Genotype) -> dict[str, Any]:
-    return {}
-
-
-def validate_genotype(genotype: Genotype) -> Genotype:
-    try:
-        config = ResCNNConfig.from_dict(genotype.space_config)
-    except (TypeError, ValueError) as err:
-        raise GenotypeError(f"space_config: {err}") from None
-    if genotype.cells:
-        raise GenotypeError(f"cells: a rescnn genotype has no cells, got {sorted(genotype.cells)}")
-    expected = _macro(config)
-    if genotype.macro != expected:
-        raise GenotypeError(f"macro {genotype.macro} does not repeat space_config: it must be {expected} "
-                            "(rescnn has no choices; change space_config and the macro together)")
-    return genotype
-
-
-register_space(SpaceSpec(
-    name="rescnn",
-    description=BASELINE_PREFIX + "hand-designed residual CNN (channels, blocks, frames), to retrain beside "
-                "searched genotypes",
-    config_class=ResCNNConfig,
-    make_space=make_space,
-    make_network=make_network,
-    to_genotype=to_genotype,
-    validate_genotype=validate_genotype,
-    presets=PRESETS,
-    to_nni_arch=to_nni_arch,
-))
+fixed_space("rescnn", ResCNNConfig, ResCNN,
+            "hand-designed residual CNN (channels, blocks, frames), to retrain beside searched genotypes", PRESETS,
+            "`nas-restore retrain rescnn --out ...`, or a genotype from search_spaces.baselines.baseline_genotype()")
 

@@ -47,10 +47,10 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from nas_restore.config import SIZE_LIMIT_NOTE, ConfigError, check_ranges, from_dict
-from nas_restore.genotype import Genotype, GenotypeError
-from search_spaces import SpaceSpec, find_space, register_space
-from search_spaces.baselines import BASELINE_PREFIX
+from nas_restore.config import SIZE_LIMIT_NOTE, check_ranges, from_dict
+from nas_restore.genotype import Genotype
+from search_spaces import find_space
+from search_spaces.baselines import fixed_space
 
 PAPER_PARAMETERS = 21_123  # at the paper size (C=32): the docstring's count, the public PRN_r's, derain-toolbox's 21.12k
 
@@ -121,66 +121,16 @@ class PRN(nn.Module):
         return estimate
 
 
-def _macro(config: PRNConfig) -> dict[str, str]:
-    return {k: str(v) for k, v in config.to_dict().items()}
-
-
 def prn_genotype(preset: str | None = "paper", **overrides: Any) -> Genotype:
     """The prn genotype for a preset and overrides (``prn_genotype("cpu", stages=2)``)."""
-    config = find_space("prn").config(preset, **overrides)
-    genotype = Genotype(space="prn", cells={}, macro=_macro(config), space_config=config.to_dict(),
-                        metadata={"name": "prn" if preset in (None, "paper") and not overrides
-                                  else f"prn-{preset or 'custom'}",
-                                  "strategy": "hand-designed baseline (no search): PRN_r, Ren et al. CVPR 2019",
-                                  "preset": preset})
-    return validate_genotype(genotype)
+    spec = find_space("prn")
+    name = "prn" if preset in (None, "paper") and not overrides else f"prn-{preset or 'custom'}"
+    return spec.to_genotype({}, spec.config(preset, **overrides),
+                            {"name": name, "strategy": "hand-designed baseline (no search): PRN_r, Ren et al. "
+                             "CVPR 2019", "preset": preset})
 
 
-def make_network(genotype: Genotype) -> PRN:
-    return PRN(PRNConfig.from_dict(genotype.space_config))
-
-
-def make_space(config: PRNConfig) -> Any:
-    raise ConfigError("prn (PRN_r) is a hand-designed baseline with no architecture choice: there is nothing to "
-                      "search. Retrain it beside searched genotypes (`nas-restore retrain space:prn:paper --out ...`, "
-                      "or a genotype from search_spaces.prn.prn_genotype())")
-
-
-def to_genotype(arch: dict[str, Any], config: PRNConfig, metadata: dict[str, Any] | None = None) -> Genotype:
-    if arch:
-        raise GenotypeError(f"prn has no architecture choices, got {sorted(arch)}")
-    genotype = Genotype(space="prn", cells={}, macro=_macro(config), space_config=config.to_dict(),
-                        metadata=dict(metadata or {}))
-    return validate_genotype(genotype)
-
-
-def to_nni_arch(genotype: Genotype) -> dict[str, Any]:
-    return {}
-
-
-def validate_genotype(genotype: Genotype) -> Genotype:
-    try:
-        config = PRNConfig.from_dict(genotype.space_config)
-    except (TypeError, ValueError) as err:
-        raise GenotypeError(f"space_config: {err}") from None
-    if genotype.cells:
-        raise GenotypeError(f"cells: a prn genotype has no cells, got {sorted(genotype.cells)}")
-    expected = _macro(config)
-    if genotype.macro != expected:
-        raise GenotypeError(f"macro {genotype.macro} does not repeat space_config: it must be {expected} "
-                            "(prn has no choices; change space_config and the macro together)")
-    return genotype
-
-
-register_space(SpaceSpec(
-    name="prn",
-    description=BASELINE_PREFIX + "PRN_r progressive recursive ResNet (Ren et al. CVPR 2019; channels, stages, "
-                "recursions, frames), weight-shared stages, to retrain beside searched genotypes",
-    config_class=PRNConfig,
-    make_space=make_space,
-    make_network=make_network,
-    to_genotype=to_genotype,
-    validate_genotype=validate_genotype,
-    presets=PRESETS,
-    to_nni_arch=to_nni_arch,
-))
+fixed_space("prn", PRNConfig, PRN,
+            "PRN_r progressive recursive ResNet (Ren et al. CVPR 2019; channels, stages, recursions, frames), "
+            "weight-shared stages, to retrain beside searched genotypes", PRESETS,
+            "`nas-restore retrain space:prn:paper --out ...`, or a genotype from search_spaces.prn.prn_genotype()")

@@ -8,6 +8,7 @@ from nas_restore.sources import load_genotype
 from nas_restore.genotype import GenotypeError
 from search_spaces import find_space, list_spaces
 from search_spaces.baselines import ResCNN, baseline_genotype
+from search_spaces.prn import prn_genotype
 
 DEMO_GENOTYPE_WEIGHTS = 35_520  # the demo's searched tmics genotype de40d40c90b2 (reports/demo_cpu.md)
 
@@ -52,13 +53,17 @@ def test_genotype_round_trips(tmp_path):
     assert spec.to_genotype({}, spec.config("demo"), {}).macro == baseline_genotype("demo").macro
 
 
-def test_nothing_to_search_and_bad_genotypes_are_named():
-    spec = find_space("rescnn")
+@pytest.mark.parametrize("name, make, size_key", [("rescnn", lambda: baseline_genotype("demo"), "channels"),
+                                                    ("prn", lambda: prn_genotype("cpu"), "stages")])
+def test_nothing_to_search_and_bad_genotypes_are_named(name, make, size_key):
+    """The spaces without choices (search_spaces.baselines.fixed_space): nothing to search, the macro
+    repeats the config, and a bad genotype is named."""
+    spec = find_space(name)
     with pytest.raises(ValueError, match="no architecture choice: there is nothing to search"):
         spec.make_space(spec.config())
-    genotype = baseline_genotype("demo")
+    genotype = make()
     bad = genotype.copy()
-    bad.macro["channels"] = "32"
+    bad.macro[size_key] = "5"
     with pytest.raises(GenotypeError, match="does not repeat space_config"):
         spec.validate_genotype(bad)
     bad = genotype.copy()

@@ -325,31 +325,22 @@ def _allow_named_space_files(spaces: str | None) -> None:
             allow_space_file(name.strip())
 
 
-class _Console(logging.StreamHandler):
-    """The console handler: writes to the current ``sys.stderr`` (not the one at set-up) and is set up once
-    per process, however many times ``main`` runs in it (tests, notebooks)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-
-    @property
-    def stream(self):  # type: ignore[override]
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value) -> None:
-        pass
+_CONSOLE = "nas-restore console"
 
 
 def _configure_logging(verbose: bool) -> None:
-    """Console: warnings (or info with -v); the root logger passes INFO on to run folders' log files."""
+    """Console: warnings (or info with -v); the root logger passes INFO on to run folders' log files.
+
+    One console handler per process, made anew on the current stderr at every call: ``main`` may run many
+    times in one process (tests, notebooks), each time with its own stderr (an earlier one may be closed)."""
     root = logging.getLogger()
-    console = next((h for h in root.handlers if isinstance(h, _Console)), None)
-    if console is None:
-        console = _Console()
-        console.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-        root.addHandler(console)
+    for old in [h for h in root.handlers if h.get_name() == _CONSOLE]:
+        root.removeHandler(old)
+    console = logging.StreamHandler(sys.stderr)
+    console.set_name(_CONSOLE)
+    console.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     console.setLevel(logging.INFO if verbose else logging.WARNING)
+    root.addHandler(console)
     root.setLevel(logging.INFO)
 
 

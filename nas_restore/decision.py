@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+import pandas as pd
+
 from nas_restore.run_records import ALPHAS, load_alphas
 
 DECIDED_MARGIN = 0.25    # median kept-minus-runner-up margin, in uniform shares 1/n
@@ -105,7 +107,11 @@ def decision_of_run(run_dir: str | Path) -> Decision | None:
     path = Path(run_dir) / ALPHAS
     if not path.is_file() or len(path.read_text().splitlines()) < 2:
         return None  # no one-shot weights recorded (e.g. spos samples paths and keeps no weights)
-    frame = load_alphas(path)
+    return decision_of_alphas(load_alphas(path))
+
+
+def decision_of_alphas(frame: pd.DataFrame) -> Decision:
+    """The verdict on the last step of an ``alphas.csv`` table (:func:`nas_restore.run_records.load_alphas`)."""
     last = int(frame["step"].max())
     rows = frame[frame["step"] == last]
     weights: dict[str, dict[str, float]] = {}
@@ -121,4 +127,4 @@ def _median(values: list[float]) -> float:
 
 
 __all__ = ["ChoiceDecision", "Decision", "DECIDED_ENTROPY", "DECIDED_MARGIN", "decide", "decide_choice",
-           "decision_of_run"]
+           "decision_of_alphas", "decision_of_run"]

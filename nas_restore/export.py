@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import numbers
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from torch import nn
 
 from nas_restore.build import input_frames, load_trained
 from nas_restore.errors import UserError
+from nas_restore.outputs import check_parents
 
 log = logging.getLogger(__name__)
 
@@ -62,15 +62,7 @@ def check_export_target(out: str | Path, height: int, width: int) -> Path:
                         f"--out {out / 'model.pt2'}")
     if out.exists() and not out.is_file():
         raise UserError(f"--out {out} exists and is not a regular file: give another --out")
-    parent = out.parent
-    while not parent.exists() and parent != parent.parent:  # the folder that will hold the new folders
-        parent = parent.parent
-    if not parent.is_dir():
-        raise UserError(f"--out {out}: {parent} is a file, not a folder, so nothing can be written under it; "
-                        f"give an --out inside a folder")
-    if not os.access(parent, os.W_OK | os.X_OK) or (out.exists() and not os.access(out, os.W_OK)):
-        raise UserError(f"--out {out}: no permission to write {out if out.exists() else 'in ' + str(parent)}; "
-                        f"give an --out in a folder you can write to (or fix its permissions)")
+    check_parents(out, "--out", writable=True)
     return out
 
 

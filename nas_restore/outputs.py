@@ -14,7 +14,8 @@ Each command that writes a run folder therefore
 
 and the commands that write next to the user's data check :func:`check_not_inside` first.
 
-Foundation layer: the standard library and :mod:`nas_restore.errors` only.
+Foundation layer: it imports :mod:`nas_restore.errors`, the search's file names (:mod:`nas_restore.run_records`)
+and, for whether a lock's process still runs, :mod:`nas_restore.threads`.
 """
 
 from __future__ import annotations
@@ -29,7 +30,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from nas_restore.errors import UserError
+from nas_restore.run_records import SEARCH_ONLY_DIRS, SEARCH_ONLY_FILES
+from nas_restore.threads import process_alive, process_started
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +42,8 @@ MARKER = "run.json"
 LOCK = ".lock"
 KINDS = ("search", "retrain")
 
-# Files that only one kind writes (the names of nas_restore.run_records and of training.retrain; repeated here
-# because this layer imports neither). Shared files (config.yaml, genotype.json, metrics.csv) decide nothing alone.
-_SEARCH_FILES = ("alphas.csv", "derived.jsonl", "guard.json", "anytime.csv", "trials.csv", "pareto.csv",
-                 "search.log", "multitrial_job.json")
-_SEARCH_DIRS = ("trials", "nni")
+# Files that only one kind writes (a search's: nas_restore.run_records; a retraining's: training.retrain). Shared
+# files (config.yaml, genotype.json, metrics.csv) decide nothing alone.
 _RETRAIN_FILES = ("model.pt",)
 _RETRAIN_DIRS = ("checkpoints",)
 # The top-level keys of each kind's config.yaml (SearchConfig; RetrainRunConfig), for a folder with no other sign.
@@ -81,19 +83,19 @@ def read_marker(path: str | Path) -> dict[str, Any] | None:
 
 
 def _config_keys(path: Path) -> set[str]:
-    """The top-level keys of a YAML file, read as text (this layer does not import yaml)."""
+    """The top-level keys of a YAML config (none for one that cannot be read)."""
     try:
-        lines = path.read_text(errors="replace").splitlines()
-    except OSError:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return set()
-    return {line.split(":", 1)[0].strip() for line in lines
-            if line and not line[0].isspace() and not line.startswith(("#", "-")) and ":" in line}
+    return set(data) if isinstance(data, dict) else set()
 
 
 def _evidence(path: Path) -> dict[str, list[str]]:
     """Which of each kind's own files ``path`` holds (folders with a trailing ``/``)."""
     found: dict[str, list[str]] = {kind: [] for kind in KINDS}
-    for kind, files, dirs in (("search", _SEARCH_FILES, _SEARCH_DIRS), ("retrain", _RETRAIN_FILES, _RETRAIN_DIRS)):
+    for kind, files, dirs in (("search", SEARCH_ONLY_FILES, SEARCH_ONLY_DIRS),
+                              ("retrain", _RETRAIN_FILES, _RETRAIN_DIRS)):
         found[kind] += [name for name in files if (path / name).is_file()]
         found[kind] += [name + "/" for name in dirs if (path / name).is_dir()]
     if not any(found.values()) and (path / "genotype.json").is_file() and (path / "config.yaml").is_file():
@@ -145,13 +147,21 @@ def check_output_folder(path: str | Path, flag: str = "--out") -> Path:
     if path.exists() and not path.is_dir():
         raise UserError(f"{flag} {path} is a file, not a folder: give {flag} a folder (new or empty) for the "
                         "outputs; nothing was written")
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise UserError(f"{flag} {path} lies under {parent}, which is a file: give {flag} a folder whose "
-                                "parents are folders; nothing was written")
-            break
+    check_parents(path, flag)
     return path
+
+
+def check_parents(path: str | Path, flag: str = "--out", writable: bool = False) -> None:
+    """The nearest existing folder above ``path`` (a file or a folder still to be made) is a folder (and,
+    with ``writable``, one this process may write in)."""
+    path = Path(path)
+    parent = next(p for p in path.parents if p.exists() or p == p.parent)
+    if not parent.is_dir():
+        raise UserError(f"{flag} {path}: {parent} is a file, not a folder, so nothing can be written under it; "
+                        f"give {flag} a path inside a folder; nothing was written")
+    if writable and (not os.access(parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK))):
+        raise UserError(f"{flag} {path}: no permission to write {path if path.exists() else 'in ' + str(parent)}; "
+                        f"give {flag} in a folder you can write to (or fix its permissions)")
 
 
 def check_run_folder(path: str | Path, kind: str) -> Path:
@@ -215,41 +225,6 @@ def _secondary_rank() -> bool:
     return False
 
 
-def _process_start(pid: int) -> str | None:
-    """The start time of ``pid`` (Linux /proc, clock ticks since boot), to tell a reused pid; None elsewhere."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[-1].split()
-    return fields[19] if len(fields) > 19 else None
-
-
-def _process_alive(pid: int, start: str | None = None) -> bool:
-    """Whether ``pid`` runs on this host (a zombie or a reused pid with another start time does not count)."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's process
-        return True
-    except OSError:
-        return True  # cannot tell: assume alive, never take a live run's folder
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        if stat.rsplit(")", 1)[-1].split()[0] == "Z":
-            return False
-    except (OSError, IndexError):
-        pass
-    if start is not None:
-        now = _process_start(pid)
-        if now is not None and now != start:
-            return False
-    return True
-
-
 class RunLock:
     """This command holds ``path`` while the ``with`` block runs: ``path/.lock`` names its pid, host and command.
 
@@ -274,7 +249,7 @@ class RunLock:
 
     def _record(self) -> dict[str, Any]:
         return {"pid": os.getpid(), "host": socket.gethostname(), "command": self.command, "since": _now(),
-                "start": _process_start(os.getpid())}
+                "start": process_started(os.getpid())}
 
     def __enter__(self) -> "RunLock":
         if self.kind is not None:
@@ -366,7 +341,7 @@ class RunLock:
             if holder.get("host") == host and pid == os.getpid():
                 log.debug("%s: already held by this process", self.path)
                 return
-            if holder.get("host") != host or _process_alive(pid, holder.get("start")):
+            if holder.get("host") != host or process_alive(pid, holder.get("start") if isinstance(holder.get("start"), float) else None):
                 where = f" on {holder.get('host')}" if holder.get("host") != host else ""
                 running = f" running `{holder['command']}`" if holder.get("command") else ""
                 raise UserError(f"{self.folder} is in use: pid {pid}{where} has held it since "

@@ -30,7 +30,7 @@ from nas_restore.genotype import Genotype, GenotypeError, cells_from_nni_arch
 from nas_restore.sources import load_genotype
 from nas_restore.analysis import diff_genotypes, safe_stem
 from nas_restore.graph import input_names
-from nas_restore.decision import Decision, decision_of_run
+from nas_restore.decision import Decision, decision_of_alphas
 from nas_restore.errors import UserError
 from nas_restore.run_records import ALPHAS, DERIVED, METRIC_COLUMNS, METRICS, is_run_folder, load_alphas
 from nas_restore.render import MPL_FORMATS, PNG_DPI, RenderResult, render_genotype
@@ -435,12 +435,11 @@ def render_run(run_dir: str | Path, out_dir: str | Path | None = None, formats: 
     else:
         result.messages.append(f"no derived_by_epoch: {run_dir / 'derived.jsonl'} is missing or empty")
 
-    decision = decision_of_run(run_dir)
-    if decision is not None:
-        path = out_dir / "decision.md"
-        path.write_text(decision_markdown(decision, name), encoding="utf-8")
-        result.paths.append(path)
-        result.messages.append(decision.summary() + ("" if decision.decided else f" ({decision.advice()})"))
+    decision = decision_of_alphas(alphas)  # from the table read above
+    path = out_dir / "decision.md"
+    path.write_text(decision_markdown(decision, name), encoding="utf-8")
+    result.paths.append(path)
+    result.messages.append(decision.summary() + ("" if decision.decided else f" ({decision.advice()})"))
 
     metrics_path = run_dir / METRICS
     if metrics_path.is_file():

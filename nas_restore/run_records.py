@@ -37,6 +37,7 @@ from nas_restore.errors import UserError
 class RunRecordError(UserError, ValueError):
     """A run folder's record (alphas.csv, ...) that cannot be read; the message names the file and the fix."""
 
+
 CONFIG = "config.yaml"
 LOG = "search.log"
 GENOTYPE = "genotype.json"
@@ -50,6 +51,10 @@ PARETO = "pareto.csv"
 TRIALS_DIR = "trials"
 JOB_FILE = "multitrial_job.json"  # plain data for the trial processes (never a pickle), gone when the search ends
 NNI_DIR = "nni"
+# what only a search writes (config.yaml, genotype.json and metrics.csv a retraining writes too): how
+# nas_restore.outputs tells a search's folder from a retraining's
+SEARCH_ONLY_FILES = (ALPHAS, DERIVED, GUARD, ANYTIME, TRIALS, PARETO, LOG, JOB_FILE)
+SEARCH_ONLY_DIRS = (TRIALS_DIR, NNI_DIR)
 
 ALPHA_COLUMNS = ("step", "epoch", "label", "choice", "weight")
 METRIC_COLUMNS = ("epoch", "train_loss", "val_psnr")  # the columns `render` needs; searches write more

@@ -17,6 +17,7 @@ import os
 import tempfile
 from pathlib import Path
 
+import psutil
 import torch
 
 log = logging.getLogger(__name__)
@@ -49,19 +50,37 @@ def jobs_folder() -> Path:
     return folder
 
 
+def process_started(pid: int) -> float | None:
+    """When ``pid`` started (seconds since the epoch), to tell it from a later process given the same pid."""
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+
+
+def process_alive(pid: int, started: float | None = None) -> bool:
+    """Whether ``pid`` runs on this machine: not ended, not a zombie and, given ``started``, not a reused pid."""
+    if pid <= 0:
+        return False
+    try:
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return started is None or abs(process.create_time() - started) < 0.01
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.Error:  # e.g. another user's process: alive, as far as we can tell
+        return True
+
+
 def running_jobs(folder: Path | None = None) -> int:
     """How many registered jobs are alive (stale pid files of killed jobs are removed)."""
     folder = folder or jobs_folder()
     alive = 0
     for path in folder.glob("*.pid"):
-        try:
-            pid = int(path.stem)
-            os.kill(pid, 0)
-        except (ValueError, ProcessLookupError):
+        if not path.stem.isdigit() or not process_alive(int(path.stem)):
             path.unlink(missing_ok=True)
             continue
-        except PermissionError:  # alive, another user's process
-            pass
         alive += 1
     return alive
 
@@ -107,4 +126,4 @@ class JobSlot:
             JobSlot._depth[self.path] = depth
 
 
-__all__ = ["available_cores", "threads_per_job", "running_jobs", "share_threads", "JobSlot", "THREADS_ENV"]
+__all__ = ["available_cores", "threads_per_job", "process_alive", "process_started", "running_jobs", "share_threads", "JobSlot", "THREADS_ENV"]

@@ -58,7 +58,7 @@ def test_no_import_circle_among_the_modules():
 LAYERS = {
     "foundation": ["nas_restore", "nas_restore.errors", "nas_restore.registry", "nas_restore.config",
                    "nas_restore.seeding", "nas_restore.device", "nas_restore.precision",
-                   "nas_restore.threads", "nas_restore.outputs"],
+                   "nas_restore.threads", "nas_restore.run_records", "nas_restore.outputs"],
     "measures and operations": ["nas_restore.metrics", "nas_restore.statistics", "nas_restore.profiling", "nas_restore.ops", "nas_restore.flow"],
     "data": ["nas_restore.data", "nas_restore.data.folders", "nas_restore.data.synthetic", "nas_restore.data.video_synth", "nas_restore.datasets"],
     "losses": ["nas_restore.losses", "nas_restore.contrastive", "nas_restore.temporal"],
@@ -72,7 +72,7 @@ LAYERS = {
     "genotype sources and graph": ["nas_restore.sources", "nas_restore.graph"],
     "build": ["nas_restore.build"],
     "retrain": ["nas_restore.training", "nas_restore.retraining"],
-    "search": ["nas_restore.nni_layer.runner", "nas_restore.search", "nas_restore.multitrial", "nas_restore.run_records",
+    "search": ["nas_restore.nni_layer.runner", "nas_restore.search", "nas_restore.multitrial",
                "nas_restore.decision"],
     "evaluate": ["nas_restore.evaluation", "nas_restore.inference", "nas_restore.export"],
     "look at a genotype": ["nas_restore.analysis", "nas_restore.render", "nas_restore.render_run"],

@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 
-from nas_restore import export
+from nas_restore import export, outputs
 from nas_restore.build import (ModelFileError, build_model, genotype_digest, layout_digest, load_trained, load_weights,
                                save_weights, store_genotype)
 from nas_restore.data.synthetic import write_synthetic_folder
@@ -263,7 +263,7 @@ def test_export_out_that_cannot_be_written_is_refused_before_loading(tmp_path, c
     code, _, err = run(capsys, "export", model, "--out", blocker / "sub" / "m.pt2")
     message = one_error_line(err)
     assert code == 2 and f"{blocker} is a file, not a folder" in message
-    monkeypatch.setattr(export.os, "access", lambda *args, **kwargs: False)  # root may write anywhere
+    monkeypatch.setattr(outputs.os, "access", lambda *args, **kwargs: False)  # root may write anywhere
     code, _, err = run(capsys, "export", model, "--out", tmp_path / "new" / "m.pt2")
     message = one_error_line(err)
     assert code == 2 and "no permission to write" in message and str(tmp_path) in message

@@ -19,6 +19,7 @@ from typing import Any, Sequence
 
 from nas_restore import config as cfg
 from nas_restore.errors import UserError
+from nas_restore.outputs import is_secondary_rank
 from nas_restore.threads import JobSlot
 
 warnings.filterwarnings("ignore", message=r".*is found to be not a nn\.Module.*", category=RuntimeWarning)
@@ -90,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget-seconds", type=float, default=None,
                    help="wall-clock search budget in seconds: a one-shot search stops when it is spent, a "
                         "multi-trial search starts no new trial")
+    p.add_argument("--devices", type=int, default=None,
+                   help="one-shot strategies: train the supernet on N processes (DDP: GPUs, or CPU processes with "
+                        "gloo), the architecture weights kept identical on all (default 1)")
+    p.add_argument("--fresh", action="store_true",
+                   help="start the search over: without it, re-running a search in the same --out continues it "
+                        "(one-shot: from its checkpoint, docs/strategies.md; multi-trial: from its finished trials)")
     _add_precision(p)
     _add_data(p)
     _add_common(p)
@@ -129,9 +136,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(p)
     _add_common(p)
 
-    p = sub.add_parser("evaluate", help="PSNR/SSIM on a folder; without a model, of the rainy input itself")
+    p = sub.add_parser("evaluate", help="PSNR/SSIM on a folder; without a model, of the rainy input itself; on a "
+                                        "folder of frames without targets, the no-reference temporal measures")
     p.add_argument("model", nargs="?", default=None, help="model.pt from `retrain` (omit to score the input)")
-    p.add_argument("--data", required=True)
+    p.add_argument("--data", required=True, help="input/+target/ pairs or clips, or a folder of rainy video frames "
+                                                 "without targets (then: static-region flicker and warping error "
+                                                 "of the input and the output)")
+    p.add_argument("--no-warp-error", action="store_true",
+                   help="frames without targets: skip the warping error (its optical flow takes about 1 s a frame)")
     p.add_argument("--split", default=None)
     p.add_argument("--frames", type=int, default=None, help="frames per window (default: the model's)")
     p.add_argument("--crop-border", type=int, default=0)
@@ -158,6 +170,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--figure", default=None, help="also write a before/after PNG figure of a few frames")
     _add_space_file(p)
     p.add_argument("--figure-frames", type=int, default=3)
+    p.add_argument("--video", default=None, metavar="FILE.mp4",
+                   help="a folder of frames: also write the derained clip as an mp4 (needs imageio-ffmpeg)")
+    p.add_argument("--video-layout", default="output", choices=("output", "side-by-side"),
+                   help="--video shows the output alone, or the rainy input | the output")
+    p.add_argument("--fps", type=float, default=10.0, help="frame rate of --video (default 10)")
+    p.add_argument("--report", default=None, metavar="FILE.json",
+                   help="a folder of frames: also measure the input and the output without targets (static-region "
+                        "flicker, warping error) and write them to this JSON file")
+    p.add_argument("--no-warp-error", action="store_true",
+                   help="--report without the warping error (its optical flow takes about 1 s a frame)")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")
     _add_precision(p)
@@ -241,6 +263,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--progress", action="store_true")
     _add_precision(p)
 
+    p = sub.add_parser("trust", help="can a one-shot run's ranking be trusted? N architectures scored by its trained "
+                                     "supernet and by short standalone training; Kendall tau, Spearman rho (re-run "
+                                     "to resume)")
+    p.add_argument("run", metavar="RUN", help="a finished one-shot search run folder (darts, darts2, gdas, tmics, "
+                                              "pcdarts, spos) with its supernet.pt")
+    p.add_argument("--samples", type=int, default=None, help="architectures, the searched genotype included "
+                                                             "(default 8)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs of each standalone training (default 10)")
+    p.add_argument("--steps-per-epoch", type=int, default=None,
+                   help="optimiser steps per standalone epoch (default: the whole train split)")
+    p.add_argument("--batch-size", type=int, default=None, help="standalone batch size (default: the search's)")
+    p.add_argument("--lr", type=float, default=None, help="standalone learning rate (default: the search's)")
+    p.add_argument("--resamples", type=int, default=None, help="bootstrap resamples of the intervals (default 2000)")
+    p.add_argument("--out", default=None, help="output folder (default RUN/trust)")
+    _add_space_file(p)
+    _add_common(p)
+    _add_precision(p)
+    p.add_argument("--json", action="store_true", help="print trust.json's figures as one JSON object")
+
+    p = sub.add_parser("study", help="one config, one report folder: searches, trust checks, every genotype "
+                                     "retrained with seeds against random and hand designs, profiles, findings "
+                                     "(re-run to resume)")
+    p.add_argument("--config", default=None, help="YAML file with study settings (`nas-restore config study`)")
+    p.add_argument("--out", required=True, help="report folder, e.g. reports/NAME")
+    p.add_argument("--device", default=None, help="auto (GPU when there is one), cpu, cuda, cuda:N")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the units it would run (finished ones marked) and their cost; run nothing")
+    p.add_argument("--progress", action="store_true", help="progress bars of every search and retraining")
+    _add_precision(p)
+
     p = sub.add_parser("profile", help="parameters, MACs, latency, frames/s, GFLOP/s against the machine's conv "
                                        "peak, and peak memory of a genotype's network, per precision")
     p.add_argument("genotype", help="genotype.json, a run folder, a reference name (tmics-heavy, rescnn) or "
@@ -262,15 +314,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("synth", help="paired rainy/clean clips (input/<clip>/, target/<clip>/) from your own clean "
                                      "video or frame folder: moving rain, scene cuts as clip boundaries")
-    p.add_argument("input", help="clean video file (mp4, avi, ...; needs imageio-ffmpeg) or folder of frames")
+    p.add_argument("input", nargs="+", help="clean video file(s) (mp4, avi, ...; need imageio-ffmpeg) or folder(s) "
+                                            "of frames")
     p.add_argument("--out", required=True, help="output folder (new, empty, or one synth wrote before)")
+    p.add_argument("--holdout", type=float, default=None, metavar="FRACTION",
+                   help="hold out the last FRACTION of each video's frames (e.g. 0.25): writes SPLITS.txt with fit "
+                        "and holdout clips that share no source frame")
+    p.add_argument("--holdout-gap", type=int, default=None, metavar="N",
+                   help="frames between the fit and holdout parts used by no clip (default and least: --frames)")
     p.add_argument("--rain", default="light", help="rain types given to the clips in turn, comma-separated: light, "
                                                    "heavy, slanted, accumulation (default light)")
     p.add_argument("--size", default=None, metavar="HxW", help="output frame size (resized to cover, centre-cropped; "
                                                                "default: the source size)")
     p.add_argument("--frames", type=int, default=None, help="frames per clip (default 5)")
     p.add_argument("--stride", type=int, default=None, help="frames between clip starts (default: --frames)")
-    p.add_argument("--max-clips", type=int, default=None, help="at most this many clips, spread over the video")
+    p.add_argument("--max-clips", type=int, default=None, help="at most this many clips per video, spread over it")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--wind", type=float, default=None,
                    help="largest turn of the fall direction, degrees per frame (drawn per clip; default 1)")
@@ -295,6 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # DDP (--devices N) starts the other processes by running sys.argv again: that is this command only when
+    # main() runs the command line itself, not an argv handed to it from Python
+    args.relaunchable = argv is None or list(argv) == sys.argv[1:]
     _configure_logging(args.verbose)
     _allow_named_space_files(getattr(args, "space", None))
     try:
@@ -313,6 +374,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("internal error: this is a bug in nas-restore, not a problem with your input; please report it "
               "with the command and the traceback below", file=sys.stderr)
         raise
+
+
+def _check_relaunchable(args: argparse.Namespace, processes: int) -> None:
+    """Several processes (``--devices N``) are started by running this process's command line again (Lightning's
+    "ddp"): refuse when that command line is not this command (``main([...])`` called from Python, a test)."""
+    if processes > 1 and not getattr(args, "relaunchable", True):
+        raise UserError(f"{args.command} with {processes} processes (--devices/--num-nodes) starts the others by "
+                        "running this process's command line again, which is not this command (main() was called "
+                        f"from Python): run `nas-restore {args.command} ... --devices N` from a shell, or use one "
+                        "device")
 
 
 def _allow_named_space_files(spaces: str | None) -> None:
@@ -340,6 +411,8 @@ def _configure_logging(verbose: bool) -> None:
     console.set_name(_CONSOLE)
     console.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     console.setLevel(logging.INFO if verbose else logging.WARNING)
+    if is_secondary_rank():  # DDP: the other processes run the same command; rank 0 alone tells what happens
+        console.setLevel(logging.ERROR)
     root.addHandler(console)
     root.setLevel(logging.INFO)
 
@@ -386,7 +459,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         overrides["strategy_options"] = cfg.parse_assignments(args.strategy_option, "--strategy-option",
                                                               "arc_learning_rate=0.01")
     overrides.update(max_trials=args.max_trials, trial_epochs=args.trial_epochs, parallel=args.parallel,
-                     budget_seconds=args.budget_seconds)
+                     budget_seconds=args.budget_seconds, devices=args.devices)
     if args.objectives is not None:
         overrides["objectives"] = [o.strip() for o in args.objectives.split(",") if o.strip()]
     merged = cfg.merge(data, overrides)
@@ -395,7 +468,10 @@ def cmd_search(args: argparse.Namespace) -> int:
         if value is not None:
             merged[name] = _count_or_off(value, "--" + name.replace("_", "-"))
     config = cfg.from_dict(SearchConfig, merged, "search")
-    result = run_search(config, args.out)
+    _check_relaunchable(args, config.devices)
+    result = run_search(config, args.out, fresh=args.fresh)
+    if is_secondary_rank():  # DDP: the other processes say nothing (rank 0 prints the result)
+        return 0
     g = result.genotype
     print(f"genotype {g.genotype_id()} -> {result.genotype_path}  ({result.seconds:.0f} s)")
     print(f"  macro: {g.macro}")
@@ -485,7 +561,10 @@ def cmd_retrain(args: argparse.Namespace) -> int:
         train["progress"] = False
     overrides = {"train": train, "data": {"folder": args.data, "split": args.split, "patch_size": args.patch_size}}
     config = cfg.from_dict(RetrainRunConfig, cfg.merge(data, overrides), "retrain")
+    _check_relaunchable(args, config.train.devices * config.train.num_nodes)
     result = run_retrain(args.genotype, config, args.out)
+    if result.rank:  # DDP: the other processes say nothing (rank 0 prints the result)
+        return 0
     print(f"best val PSNR {result.best_val_psnr:.2f} dB / SSIM {result.best_val_ssim:.4f} after "
           f"{result.epochs_run} epoch(s) in {result.seconds:.0f} s")
     print(f"  model   : {result.model_path}")
@@ -507,6 +586,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                                             tile=args.tile or None, overlap=args.tile_overlap,
                                             precision=args.precision or "fp32")
         model, frames = derainer.as_module(), derainer.frames
+    from nas_restore.evaluation import is_frame_folder
+
+    if is_frame_folder(args.data):
+        return _evaluate_frames(args, model, frames)
     if args.save_outputs or args.out:  # folders, never among (or over) the images being scored
         from nas_restore.data.folders import find_pair_dirs
         from nas_restore.outputs import check_not_inside, check_output_folder
@@ -536,6 +619,39 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             print(f"warping error x1e3 (lower = steadier): {'output' if model is not None else 'input'} "
                   f"{1e3 * s['warp_error']:.3f}, input {1e3 * s['warp_error_input']:.3f}, clean frames "
                   f"{1e3 * s['warp_error_clean']:.3f}  ({s['temporal_measure']})")
+    return 0
+
+
+def _evaluate_frames(args: argparse.Namespace, model: Any, frames: int) -> int:
+    """`evaluate` on a folder of rainy frames without targets: the no-reference temporal measures."""
+    from nas_restore.evaluation import _jsonable, evaluate_frames
+    from nas_restore.outputs import check_not_inside, check_output_folder
+
+    if args.split:
+        raise cfg.ConfigError(f"--split selects pairs of a folder with targets; {args.data} is a folder of frames "
+                              "without targets: drop --split")
+    for flag, value in (("--save-outputs", args.save_outputs), ("--out", args.out)):
+        if value:
+            check_output_folder(value, flag)
+            check_not_inside(value, {"the frame folder": Path(args.data)}, flag)
+    result = evaluate_frames(Path(args.data), model, frames=frames, device=args.device if model is not None else "cpu",
+                             save_outputs=Path(args.save_outputs) if args.save_outputs else None,
+                             progress=not (args.no_progress or args.json), warp=not args.no_warp_error)
+    if args.out:
+        result.save(Path(args.out))
+    s = result.summary
+    if args.json:
+        print(json.dumps(_jsonable(s), indent=2))
+        return 0
+    print(f"{s['count']} frames without targets: no-reference temporal measures over the "
+          f"{100 * s['static_share']:.1f}% of the pixels where the scene is static")
+    rows = [("input", s["flicker_input"], s["warp_error_input"])]
+    if model is not None:
+        rows.append(("output", s["flicker"], s["warp_error"]))
+    for name, flicker, warp in rows:
+        warp_text = f"  warping error x1e3 {1e3 * warp:.3f}" if not args.no_warp_error else ""
+        print(f"{name:<6}: static-region flicker x1e3 {1e3 * flicker:.3f}{warp_text}  (lower = steadier)")
+    print(f"  ({s['flicker_measure']})")
     return 0
 
 
@@ -652,6 +768,66 @@ def cmd_rank(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_trust(args: argparse.Namespace) -> int:
+    from nas_restore.trust import TrustConfig, run_trust
+
+    overrides = {"samples": args.samples, "standalone_epochs": args.epochs,
+                 "standalone_steps_per_epoch": args.steps_per_epoch, "batch_size": args.batch_size, "lr": args.lr,
+                 "seed": args.seed, "bootstrap_resamples": args.resamples, "precision": args.precision,
+                 "device": args.device, "progress": not (args.no_progress or args.json)}
+    config = cfg.from_dict(TrustConfig, {k: v for k, v in overrides.items() if v is not None}, "trust")
+    say = (lambda m: None) if args.json else (lambda m: print(m, flush=True))
+    result = run_trust(Path(args.run), config, Path(args.out) if args.out else None, say=say)
+    if args.json:
+        print(json.dumps({"kendall_tau": result.kendall_tau, "tau_ci": list(result.tau_ci),
+                          "spearman_rho": result.spearman_rho, "rho_ci": list(result.rho_ci),
+                          "sentence": result.sentence, "searched_genotype_id": result.searched_id,
+                          "trained": result.trained, "skipped": result.skipped, "failed": result.failed,
+                          "out": str(result.out_dir)}, indent=2))
+        return 0
+    for row in result.rows:
+        mark = "*" if row["searched"] else " "
+        print(f" {mark}{row['genotype_id']}  supernet {row['supernet_psnr']:6.2f} dB (rank {row['supernet_rank']:g})  "
+              f"standalone {row['standalone_psnr']:6.2f} dB (rank {row['standalone_rank']:g})")
+    print(f"  Kendall tau  {result.kendall_tau:.2f} [{result.tau_ci[0]:.2f}, {result.tau_ci[1]:.2f}]")
+    print(f"  Spearman rho {result.spearman_rho:.2f} [{result.rho_ci[0]:.2f}, {result.rho_ci[1]:.2f}]")
+    print(f"  {result.sentence}")
+    print(f"  (* the searched genotype; {len(result.trained)} standalone training(s) run now, "
+          f"{len(result.skipped)} finished earlier, {len(result.failed)} failed)")
+    for name in ("csv", "json", "md", "png"):
+        if name in result.files:
+            print(f"  {name:<8}: {result.files[name]}")
+    return 0
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    from nas_restore.evidence import StudyConfig, plan, run_study
+    from nas_restore.report_common import command_line
+
+    data = cfg.load_yaml(args.config, "study") if args.config else {}
+    overrides: dict[str, Any] = {"device": args.device, "precision": args.precision}
+    if args.progress:
+        overrides["progress"] = True
+    config = StudyConfig.from_dict(cfg.merge(data, overrides))
+    if args.dry_run:
+        units = plan(config, args.out)
+        for unit in units:
+            print(f"  {'done' if unit.done else 'todo'}  {unit.stage:<7} {unit.label}: {unit.cost}")
+        steps = sum(u.steps or 0 for u in units if not u.done)
+        print(f"{sum(not u.done for u in units)} of {len(units)} stage unit(s) to run; about {steps:,} optimiser "
+              "steps of searching, trust checks and retraining left (profiles besides)")
+        return 0
+    result = run_study(config, args.out, command=command_line(), say=lambda m: print(m, flush=True))
+    done = result.results[(result.results["status"] == "done") & (result.results["kind"] != "input")]
+    print(f"{len(done)}/{int((result.results['kind'] != 'input').sum())} (entry, seed) row(s) finished "
+          f"({len(result.ran)} unit(s) worked on in this call)")
+    for line in result.findings:
+        print(f"  - {line.replace('**', '')}")
+    print(f"  results : {result.out / 'results.csv'}")
+    print(f"  summary : {result.summary_path}")
+    return 0
+
+
 def cmd_derain(args: argparse.Namespace) -> int:
     from nas_restore.inference import Derainer, figure_of_result
     from nas_restore.outputs import check_not_inside, check_output_folder
@@ -665,10 +841,39 @@ def cmd_derain(args: argparse.Namespace) -> int:
         check_not_inside(args.out, {"the input folder": source})
     elif source.exists():
         check_not_inside(args.out, {"the input file's folder": source.parent}, inside=False)
+    if (args.video or args.report) and source.is_file():
+        raise cfg.ConfigError(f"--video and --report work on a folder of frames; {source} is a file (a video file "
+                              "gives an mp4 in --out already): extract its frames (ffmpeg -i VIDEO frames/%05d.png)")
+    for flag, value in (("--video", args.video), ("--report", args.report)):
+        if value:
+            check_not_inside(value, {"the input folder": source}, flag)
+    if args.video:
+        from nas_restore.inference import check_video_file
+
+        check_video_file(args.video, args.fps)  # before the frames are derained, not after
     result = derainer.run(args.input, args.out, mode=args.mode)
     print(f"derained {len(result.inputs)} {result.mode} -> {args.out}")
     if args.figure:
         print(f"  figure  : {figure_of_result(result, args.figure, args.figure_frames)}")
+    if args.video:
+        from nas_restore.inference import video_of_result
+
+        print(f"  video   : {video_of_result(result, args.video, args.fps, args.video_layout)} ({args.video_layout}, "
+              f"{args.fps:g} fps)")
+    if args.report:
+        from nas_restore.evaluation import _jsonable
+        from nas_restore.inference import temporal_report
+
+        report = temporal_report(result, warp=not args.no_warp_error)
+        path = Path(args.report)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(_jsonable(report), indent=2) + "\n")
+        flicker, warp = report["flicker"], report["warp_error"]
+        warp_text = "" if args.no_warp_error else (f"; warping error x1e3 input {1e3 * warp['input']:.3f}, output "
+                                                   f"{1e3 * warp['output']:.3f}")
+        print(f"  report  : {path}: static-region flicker x1e3 input {1e3 * flicker['input']:.3f}, output "
+              f"{1e3 * flicker['output']:.3f}{warp_text} ({100 * report['static_share']:.0f}% of the pixels static; "
+              "lower = steadier)")
     return 0
 
 
@@ -759,7 +964,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
         "rain": [r.strip() for r in args.rain.split(",") if r.strip()],
         "size": parse_size(args.size) if args.size else None, "frames": args.frames, "stride": args.stride,
         "max_clips": args.max_clips, "seed": args.seed, "wind": args.wind, "speed": args.speed, "haze": args.haze,
-        "fresh": args.fresh, "cut_k": args.cut_k,
+        "fresh": args.fresh, "cut_k": args.cut_k, "holdout": args.holdout, "holdout_gap": args.holdout_gap,
     }
     if args.no_cuts:
         overrides["detect_cuts"] = False
@@ -771,11 +976,21 @@ def cmd_synth(args: argparse.Namespace) -> int:
     rains = ", ".join(f"{n} {name}" for name, n in Counter(c["rain"] for c in result.clips).items())
     print(f"wrote {len(result.clips)} clip(s) of {config.frames} frames ({r['size'][0]}x{r['size'][1]}; {rains}) "
           f"-> {result.out}")
-    repeats = f", {len(r['repeated_frames'])} repeated frame(s) dropped" if r["repeated_frames"] else ""
-    cuts = (" at " + ", ".join(map(str, r["cuts"][:10])) + (" ..." if len(r["cuts"]) > 10 else "")) if r["cuts"] else ""
-    print(f"  source  : {r['source']} ({r['source_frames']} frames{repeats}, {len(r['cuts'])} scene cut(s){cuts})")
+    for src in result.sources:
+        repeats = f", {len(src['repeated_frames'])} repeated frame(s) dropped" if src["repeated_frames"] else ""
+        cuts = (" at " + ", ".join(map(str, src["cuts"][:10])) + (" ..." if len(src["cuts"]) > 10 else "")
+                if src["cuts"] else "")
+        held = (f"; fit frames {src['fit_frames'][0]}-{src['fit_frames'][1] - 1}, holdout frames "
+                f"{src['holdout_frames'][0]}-{src['holdout_frames'][1] - 1}" if "holdout_frames" in src else "")
+        print(f"  source  : {src['path']} ({src['frames']} frames{repeats}, {len(src['cuts'])} scene cut(s){cuts}"
+              f"{held})")
     print(f"  record  : {result.record_path}")
-    print(f"  train on: nas-restore search --data {result.out} --frames N (N odd, <= {config.frames})")
+    split = ""
+    if result.splits:
+        print(f"  splits  : {result.out / 'SPLITS.txt'} (fit {len(result.splits['fit'])} clip(s), holdout "
+              f"{len(result.splits['holdout'])}; no source frame on both sides)")
+        split = " --split fit"
+    print(f"  train on: nas-restore search --data {result.out}{split} --frames N (N odd, <= {config.frames})")
     return 0
 
 
@@ -784,7 +999,8 @@ CONFIG_CLASSES = {"search": ("nas_restore.search", "SearchConfig"),
                   "retrain": ("nas_restore.retraining", "RetrainRunConfig"),
                   "compare": ("nas_restore.compare", "CompareConfig"),
                   "rank": ("nas_restore.rank", "RankConfig"),
-                  "continual": ("nas_restore.continual", "ContinualConfig")}
+                  "continual": ("nas_restore.continual", "ContinualConfig"),
+                  "study": ("nas_restore.evidence", "StudyConfig")}
 assert tuple(CONFIG_CLASSES) == cfg.CONFIG_KINDS
 
 
@@ -833,7 +1049,7 @@ COMMANDS = {"demo": cmd_demo, "search": cmd_search, "render": cmd_render, "inspe
             "retrain": cmd_retrain, "continual": cmd_continual, "compare": cmd_compare, "rank": cmd_rank,
             "evaluate": cmd_evaluate, "derain": cmd_derain, "export": cmd_export, "config": cmd_config,
             "spaces": cmd_list, "strategies": cmd_list, "ops": cmd_list, "profile": cmd_profile,
-            "synth": cmd_synth}
+            "synth": cmd_synth, "trust": cmd_trust, "study": cmd_study}
 
 
 if __name__ == "__main__":

@@ -24,8 +24,9 @@ The out folder holds ``compare.yaml`` (the settings), ``runs/<strategy>-seed<k>/
 ``runs/<space>/<strategy>-seed<k>/`` with several spaces: the search folder, the retraining folder, the
 evaluation, and a record per finished stage), and the report:
 ``results.csv``, ``summary.md`` and PNG plots. Re-running the same command resumes: finished runs are
-skipped, unfinished ones continue from their last finished stage (retraining from its last checkpoint),
-failed ones are retried; a run that fails is recorded with its error and the others go on.
+skipped, unfinished ones continue where they stopped (a search from its checkpoint or trial ledger, a
+retraining from its ``last.ckpt``), failed ones are retried; a run that fails is recorded with its error and
+the others go on. A run's record counts its whole search and retraining (every call's epochs and seconds).
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ import json
 import logging
 import math
 import re
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -58,8 +58,8 @@ from nas_restore.seeding import seed_everything
 from nas_restore.sources import load_genotype
 from nas_restore.study import HeldOutConfig, changed_fields
 from nas_restore.study import held_out_test as write_held_out
-from nas_restore.study import (machine_info, machine_section, protocol_section, read_json, refuse_changed_settings,
-                               regenerate_section, run_unit, write_json)
+from nas_restore.study import (check_single_process, machine_info, machine_section, protocol_section, read_json,
+                               refuse_changed_settings, regenerate_section, retrain_totals, run_unit, write_json)
 from nas_restore.training import RetrainConfig
 from search_spaces import find_space
 from strategies import find_strategy
@@ -120,6 +120,7 @@ class CompareConfig:
 
     def __post_init__(self) -> None:
         self.retrain.train.precision = self.precision  # one setting for every stage
+        check_single_process(self.retrain.train, "compare")
         names = self.space.split(",") if isinstance(self.space, str) else list(self.space or [])
         names = [str(n).strip() for n in names if str(n).strip()]
         if not names:
@@ -294,17 +295,6 @@ def run_label(config: CompareConfig, space: str, strategy: str, seed: int) -> st
     return str(run_path(config, space, strategy, seed).relative_to("runs"))
 
 
-def _retrain_seconds(metrics_csv: Path, fallback: float) -> float:
-    """Training seconds summed over epochs (so a resumed run counts its earlier part too)."""
-    try:
-        frame = pd.read_csv(metrics_csv)
-        if "seconds" in frame and frame["seconds"].notna().any():
-            return float(frame["seconds"].fillna(0).sum())
-    except (OSError, pd.errors.EmptyDataError):
-        pass
-    return float(fallback)
-
-
 def _search_cost_epochs(genotype: Any, run_dir: Path) -> float:
     cost = (genotype.metadata or {}).get("search_cost_epochs")
     if cost is not None:
@@ -324,9 +314,9 @@ def run_one(config: CompareConfig, strategy: str, seed: int, run_dir: Path, test
     search_dir = run_dir / "search"
     search = read_json(run_dir / "search.json")
     if search is None:
-        if search_dir.exists():  # an unfinished search cannot be continued: start it again
-            log.info("%s: removing the unfinished search in %s", run_dir.name, search_dir)
-            shutil.rmtree(search_dir)
+        # an unfinished search continues from its checkpoint (one-shot) or ledger (multi-trial): run_search resumes
+        if search_dir.exists():
+            log.info("%s: continuing the unfinished search in %s", run_dir.name, search_dir)
         sconf = search_config(config, strategy, seed, space)
         result = run_search(sconf, search_dir)
         meta = result.genotype.metadata or {}
@@ -342,10 +332,10 @@ def run_one(config: CompareConfig, strategy: str, seed: int, run_dir: Path, test
     retrained = read_json(run_dir / "retrain.json")
     if retrained is None:
         seed_everything(seed)  # the network's initial weights: a function of (genotype, seed) alone
+        # an earlier call killed mid-retraining left retrain/checkpoints/last.ckpt: run_retrain continues from it
         result = run_retrain(genotype, retrain_config(config, seed), run_dir / "retrain")
         retrained = {"model": "retrain/model.pt", "best_val_psnr": result.best_val_psnr,
-                     "epochs": result.epochs_run,
-                     "seconds": _retrain_seconds(result.metrics_csv, result.seconds)}
+                     **retrain_totals(result.metrics_csv, result.epochs_run, result.seconds)}  # every call's epochs
         write_json(run_dir / "retrain.json", retrained)
 
     model, _ = load_trained(run_dir / retrained["model"])

@@ -6,7 +6,7 @@ import dataclasses
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Iterable, Sequence, TypeVar
 
 import yaml
 
@@ -164,7 +164,7 @@ def to_dict(obj: Any) -> dict[str, Any]:
 
 
 MAX_CONFIG_BYTES = 4 * 1024 * 1024
-CONFIG_KINDS = ("search", "retrain", "compare", "rank", "continual")  # what `nas-restore config KIND` writes
+CONFIG_KINDS = ("search", "retrain", "compare", "rank", "continual", "study")  # what `nas-restore config KIND` writes
 
 
 def load_yaml(path: str | Path, kind: str | None = None) -> dict[str, Any]:
@@ -238,3 +238,24 @@ def parse_assignments(items: list[str], flag: str, example: str = "key=0.01") ->
         except yaml.YAMLError as err:
             raise ConfigError(f"{flag} {item!r}: the value is not valid YAML ({err})") from None
     return out
+
+
+# the settings a resumable folder (a search, a study) was made with
+
+
+def changed_fields(previous: dict[str, Any], current: dict[str, Any], keys: Sequence[str] | None = None,
+                   ignore: Iterable[str] = ()) -> list[str]:
+    """The fields whose values differ: ``keys`` in their order, or every field of either (sorted)."""
+    ignored = set(ignore)
+    names = list(keys) if keys is not None else sorted(set(previous) | set(current))
+    return [k for k in names if k not in ignored and previous.get(k) != current.get(k)]
+
+
+def refuse_changed_settings(out: Path, what: str, changed: Sequence[str], consequence: str, may_change: str,
+                            recorded_in: Path | None = None, error: type[Exception] = ValueError) -> None:
+    """Raise ``error`` naming the ``changed`` fields when a folder (a study, a search run) holds ``what`` made otherwise."""
+    if not changed:
+        return
+    where = f": not as in {recorded_in}" if recorded_in is not None else ""
+    raise error(f"{out} holds {what} made with other settings ({', '.join(changed)}{where}): {consequence}. "
+                f"Give another --out, or the same settings ({may_change})")

@@ -16,7 +16,10 @@ After each task k the model is scored on the held-out test set of every task j <
 ``R[K][j] - R[j][j]``, Lopez-Paz & Ranzato 2017); K is the last task.
 
 A run folder holds one sub-folder per scheme and one per finished stage (``model.pt``, ``row.json`` and,
-with replay, ``replay.pt``); a re-run skips finished stages, so it resumes at task granularity.
+with replay, ``replay.pt``); a re-run skips finished stages. Inside a stage, every ``checkpoint_every``
+steps ``stage.ckpt`` keeps the stage's whole training state, so a stage killed midway continues from
+its last checkpoint and ends as an uninterrupted one would (same weights, same losses); its row gives
+the whole stage's seconds, every call's part together.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ import csv
 import difflib
 import logging
 import math
+import os
+import pickle
 import time
 import zlib
 from collections.abc import Callable
@@ -46,6 +51,7 @@ from nas_restore.config import ConfigError
 from nas_restore.data.synthetic import RAIN_PRESETS
 from nas_restore.datasets import DataConfig, synthetic_split, train_val_datasets
 from nas_restore.device import resolve_device
+from nas_restore.errors import UserError
 from nas_restore.evaluation import score_pair
 from nas_restore.genotype import Genotype
 from nas_restore.losses import LossConfig, RestorationLoss
@@ -142,6 +148,7 @@ class ContinualConfig:
     space_config: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
     eval_batch_size: int = 8
+    checkpoint_every: int = 10          # steps between a stage's checkpoints (0: none; a killed stage restarts)
     device: str = "auto"
     precision: str = "fp32"             # fp32, bf16, fp16 or auto: what the networks compute in
     progress: bool = True
@@ -169,6 +176,10 @@ class ContinualConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if not isinstance(self.checkpoint_every, int) or isinstance(self.checkpoint_every, bool) \
+                or self.checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every must be an integer >= 0 (steps; 0: no checkpoint inside a stage), "
+                             f"got {self.checkpoint_every!r}")
         if self.patch_size < 8 or self.test_size < 11:
             raise ValueError(f"patch_size must be >= 8 and test_size >= 11 (SSIM window), got {self.patch_size} "
                              f"and {self.test_size}")
@@ -186,9 +197,10 @@ class ContinualConfig:
             raise ValueError(f"folders names task(s) {unused} that are not in tasks {self.tasks}")
 
     def fingerprint(self) -> dict[str, Any]:
-        """The settings every stage's result depends on (not the schemes, device or progress bars)."""
+        """The settings every stage's result depends on (not the schemes, device, progress bars or how often a
+        stage is checkpointed: a resumed stage ends as an uninterrupted one)."""
         data = cfg.to_dict(self)
-        for key in ("schemes", "device", "progress", "eval_batch_size"):
+        for key in ("schemes", "device", "progress", "eval_batch_size", "checkpoint_every"):
             data.pop(key)
         return data
 
@@ -403,12 +415,33 @@ def input_scores(test: list[tuple[Tensor, Tensor]]) -> tuple[float, float]:
     return sum(p for p, _ in scores) / len(scores), sum(s for _, s in scores) / len(scores)
 
 
+STAGE_CHECKPOINT = "stage.ckpt"
+_CHECKPOINT_FORMAT = 1
+
+
+@dataclass
+class StageTraining:
+    """What :func:`train_stage` did: the mean losses over the stage's steps, and its seconds and resume point."""
+
+    losses: dict[str, float]
+    seconds: float               # training seconds of the whole stage, every call's part together
+    resumed_at: int | None = None  # the step this call continued from (None: the stage ran from its start)
+
+
 def train_stage(model: nn.Module, train: Dataset, config: ContinualConfig, stage: int, device: torch.device,
-                teacher: nn.Module | None = None, buffer: ReplayBuffer | None = None) -> dict[str, float]:
+                teacher: nn.Module | None = None, buffer: ReplayBuffer | None = None,
+                checkpoint: Path | None = None) -> StageTraining:
     """``steps_per_task`` Adam steps on ``train`` (cosine to ``min_lr``), plus distillation and replay when given.
 
     The batches of the current task depend only on (seed, stage), so every scheme sees the same ones.
+    With ``checkpoint`` (a file path), every ``checkpoint_every`` steps the stage's state goes there: the
+    weights, the optimiser and schedule, the batch and replay generators, torch's global generator, the loss
+    sums and the seconds so far. A stage started with that file present continues from it and ends with the
+    weights and losses of an uninterrupted stage (bit for bit on the CPU: same steps in the same order; the
+    teacher and the replay buffer are the stage's inputs, restored by the caller). The file stays until the
+    caller has saved the finished stage (:func:`finish_stage_checkpoint`).
     """
+    started = time.perf_counter()
     precision = resolve_precision(config.precision, device)
     precision.prepare(model.to(device).train())
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -421,8 +454,20 @@ def train_stage(model: nn.Module, train: Dataset, config: ContinualConfig, stage
     batches = torch.Generator().manual_seed(config.seed * 7919 + stage)
     replays = torch.Generator().manual_seed(config.seed * 7919 + stage + 104729)
     sums: dict[str, float] = {}
+    first, earlier_seconds = 0, 0.0
+    if checkpoint is not None and checkpoint.is_file():
+        state = _read_stage_checkpoint(checkpoint, config, stage)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        batches.set_state(state["batches"])
+        replays.set_state(state["replays"])
+        torch.set_rng_state(state["torch_rng"])
+        sums = {str(k): float(v) for k, v in state["sums"].items()}
+        first, earlier_seconds = int(state["step"]), float(state["seconds"])
+        log.info("stage %d: continuing from step %d of %d (%s)", stage + 1, first, config.steps_per_task, checkpoint)
     try:
-        for step in range(config.steps_per_task):
+        for step in range(first, config.steps_per_task):
             n_items = len(train)  # type: ignore[arg-type]
             indices = torch.randint(n_items, (config.batch_size,), generator=batches).tolist()
             frames, target = _batch(train, indices)
@@ -451,10 +496,56 @@ def train_stage(model: nn.Module, train: Dataset, config: ContinualConfig, stage
             scheduler.step()
             for key, value in {"loss": loss, **parts}.items():
                 sums[key] = sums.get(key, 0.0) + float(value.detach())
+            done = step + 1
+            if (checkpoint is not None and config.checkpoint_every and done % config.checkpoint_every == 0
+                    and done < config.steps_per_task):
+                _write_stage_checkpoint(checkpoint, {
+                    "format": _CHECKPOINT_FORMAT, "stage": stage, "steps_per_task": config.steps_per_task,
+                    "step": done, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "batches": batches.get_state(),
+                    "replays": replays.get_state(), "torch_rng": torch.get_rng_state(), "sums": dict(sums),
+                    "seconds": earlier_seconds + time.perf_counter() - started})
     finally:
         if distiller is not None:
             distiller.close()
-    return {k: v / config.steps_per_task for k, v in sums.items()}
+    return StageTraining({k: v / config.steps_per_task for k, v in sums.items()},
+                         earlier_seconds + time.perf_counter() - started, first or None)
+
+
+def _write_stage_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Through a temporary file and a rename: a kill while saving leaves the previous checkpoint whole."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _read_stage_checkpoint(path: Path, config: ContinualConfig, stage: int) -> dict[str, Any]:
+    """The checkpoint of this stage, read with ``weights_only=True``; a damaged or foreign file is a UserError."""
+    fix = f"delete {path} to train this stage again from its start"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, TypeError, AttributeError,
+            ImportError) as err:  # truncated, not a torch file, or objects that weights_only refuses to build
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+        raise UserError(f"{path} cannot be read as a stage checkpoint ({type(err).__name__}: {reason}): {fix}") \
+            from None
+    keys = ("format", "stage", "steps_per_task", "step", "model", "optimizer", "scheduler", "batches", "replays",
+            "torch_rng", "sums", "seconds")
+    if not isinstance(state, dict) or any(key not in state for key in keys):
+        raise UserError(f"{path} is not a stage checkpoint of nas-restore continual: {fix}")
+    if state["format"] != _CHECKPOINT_FORMAT or state["stage"] != stage \
+            or state["steps_per_task"] != config.steps_per_task or not 0 < int(state["step"]) < config.steps_per_task:
+        raise UserError(f"{path} is the checkpoint of another stage or schedule (stage {state['stage'] + 1}, step "
+                        f"{state['step']} of {state['steps_per_task']}; expected stage {stage + 1} of "
+                        f"{config.steps_per_task} steps): {fix}")
+    return state
+
+
+def finish_stage_checkpoint(path: Path) -> None:
+    """The stage is saved whole (model.pt, row.json): its checkpoint is no longer needed."""
+    path.unlink(missing_ok=True)
+    path.with_name(path.name + ".tmp").unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -561,17 +652,18 @@ def run_continual(genotype: Genotype, config: ContinualConfig, out_dir: str | Pa
                     row = {**read_json(shared / "row.json"), "scheme": scheme, "shared_from": shared.parent.name}
                     shared_count += 1
                 else:
+                    # the teacher is the previous stage's model, taken before a checkpoint of this stage is loaded
                     teacher = copy.deepcopy(model) if use_distill and k > 0 else None
                     train = ConcatDataset([t.train for t in tasks[: k + 1]]) if joint else task.train
-                    start = time.perf_counter()
-                    losses = train_stage(model, train, config, k, device, teacher=teacher, buffer=buffer)
-                    seconds = time.perf_counter() - start
+                    trained = train_stage(model, train, config, k, device, teacher=teacher, buffer=buffer,
+                                          checkpoint=stage_dir / STAGE_CHECKPOINT)
                     scored = resolve_precision(config.precision, device).wrap(model)
                     scores = [evaluate_task(scored, t.test, device, config.eval_batch_size) for t in tasks[: k + 1]]
                     row = {"scheme": scheme, "stage": k + 1, "task": task.name,
                            "psnr": {t.name: s[0] for t, s in zip(tasks, scores)},
                            "ssim": {t.name: s[1] for t, s in zip(tasks, scores)},
-                           "train": losses, "train_seconds": seconds}
+                           "train": trained.losses, "train_seconds": trained.seconds,
+                           "train_steps": config.steps_per_task, "resumed_at_step": trained.resumed_at}
                 if buffer is not None:
                     buffer.add_task(task.name, task.train)
                 row["replay_counts"] = buffer.task_counts() if buffer is not None else None
@@ -582,6 +674,7 @@ def run_continual(genotype: Genotype, config: ContinualConfig, out_dir: str | Pa
                 if buffer is not None:
                     torch.save(buffer.state_dict(), stage_dir / "replay.pt")
                 write_json(stage_dir / "row.json", row)  # last: its presence marks the stage finished
+                finish_stage_checkpoint(stage_dir / STAGE_CHECKPOINT)
                 run += 1
                 in_memory = k + 1
             psnr_rows.append([row["psnr"].get(t.name, math.nan) for t in tasks])

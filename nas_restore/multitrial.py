@@ -9,8 +9,11 @@ reports PSNR to NNI, which always maximises. A trial that raises (out of memory,
 is recorded as failed and the search goes on.
 
 Each trial writes its row to ``trials/<...>.json`` in the run folder (from the search process in
-the sequential engine, from its own process in the training-service engine); the search process
-then writes ``trials.csv``, ``anytime.csv`` and, with a cost objective, ``pareto.csv``.
+the sequential engine, from its own process in the training-service engine). As the strategy sees
+each trial end, the search process appends it, with that row, to the run's ledger
+(``ledger.jsonl``, :class:`Ledger`); the same command run again (after a kill, say) replays the
+ledger to the strategy and trains only the missing trials (:func:`run_multitrial`). At the end the
+search process writes ``trials.csv``, ``anytime.csv`` and, with a cost objective, ``pareto.csv``.
 
 Trial processes read their job from a plain-JSON job file (``multitrial_job.json``, data only, never a
 pickle: a run folder may come from anyone) and rebuild the datasets from the config with the
@@ -24,6 +27,7 @@ import json
 import logging
 import math
 import os
+import threading
 import time
 import uuid
 import warnings
@@ -35,16 +39,17 @@ import torch
 from torch.utils.data import DataLoader
 
 from nas_restore import config as cfg
-from nas_restore.config import ConfigError
+from nas_restore.config import ConfigError, changed_fields, refuse_changed_settings
 from nas_restore.datasets import train_val_datasets
 from nas_restore.device import lightning_accelerator
 from nas_restore.errors import UserError
 from nas_restore.nni_layer import ChoiceSpace, decode_choices, space_choices
-from nas_restore.nni_layer.runner import nni_trial_id, report_final_metric, run_multitrial_experiment
+from nas_restore.nni_layer.runner import (FinishedTrial, nni_trial_id, report_final_metric, run_multitrial_experiment,
+                                         stop_recorded)
 from nas_restore.precision import resolve_precision
 from nas_restore.profiling import count_flops, count_parameters, input_shape, measure_latency
-from nas_restore.run_records import (ANYTIME, JOB_FILE, NNI_DIR, PARETO, TRIALS, TRIALS_DIR, write_pareto,
-                                     write_trial_anytime, write_trials)
+from nas_restore.run_records import (ANYTIME, JOB_FILE, LEDGER, NNI_DIR, PARETO, PROCESSES, TRIALS, TRIALS_DIR,
+                                     RunRecordError, write_pareto, write_trial_anytime, write_trials)
 from nas_restore.seeding import seed_everything
 from nas_restore.threads import threads_per_job
 from nas_restore.training import OptimConfig, RestorationModule, ShareThreads, _quiet_lightning
@@ -332,14 +337,289 @@ def _write_row(job: TrialJob, row: dict[str, Any], started: float) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
+# the ledger: the finished trials of a run, what a re-run resumes from
+
+LEDGER_FORMAT = "nas-restore multi-trial ledger"
+LEDGER_VERSION = 1
+MAX_LEDGER_BYTES = 512 * 2**20  # some 100,000 trials: anything larger is not a ledger
+# what a finished trial's score depends on: a re-run that changes any of them is refused (the ledger's
+# trials would not compare with the new ones). max_trials, budget_seconds, parallel, training_service,
+# num_workers and progress may change: a re-run with a larger max_trials or budget continues the search.
+RESUME_KEYS = ("space", "preset", "space_settings", "resolved_space", "strategy", "strategy_options", "seed",
+               "batch_size", "lr", "weight_decay", "loss", "data", "device", "precision", "trial_epochs", "objectives")
+_REPLAYED_STATUSES = ("trained", "failed")  # NNI's statuses a strategy is told again; others are run again
+_TRIAL_KEYS = {"index": (int, type(None)), "after": (int, type(None)), "session": int, "sample": dict, "arch": dict,
+               "status": str, "metric": (int, float, type(None)), "row_file": (str, type(None)),
+               "row": (dict, type(None)), "at_s": (int, float)}
+
+
+def resume_settings(config: Any, space_config: Any, strategy_options: dict[str, Any]) -> dict[str, Any]:
+    """The settings of :data:`RESUME_KEYS`, as plain data (the strategy's options with its defaults filled in)."""
+    data = cfg.to_dict(config)
+    data["resolved_space"] = space_config.to_dict()
+    data["strategy_options"] = dict(strategy_options)
+    return json.loads(json.dumps({k: data.get(k) for k in RESUME_KEYS}, default=str))
+
+
+def arch_key(arch: dict[str, Any]) -> str:
+    """An architecture's name in the ledger: its dict as canonical JSON."""
+    return json.dumps(arch, sort_keys=True, default=str)
+
+
+class Ledger:
+    """``ledger.jsonl``: a header with the run's settings, a line per session (each start of the
+    command), and a line per trial whose end the strategy saw, appended (flushed, fsynced) as it
+    ends. A line is whole or, when a kill cut the last write short, dropped on the next read.
+
+    A trial line holds the submission's place (``index``, and ``after``: the ends the strategy had
+    seen then), NNI's sample, the architecture, the status and metric NNI got, the trial's own row
+    (``row``, from ``trials/``, with its times in seconds of search) and ``at_s``, the search's
+    seconds when it was recorded (a re-run's budget counts on from the last one).
+    """
+
+    def __init__(self, path: Path, header: dict[str, Any], sessions: list[dict[str, Any]],
+                 trials: list[dict[str, Any]]):
+        self.path, self.header, self.sessions, self.trials = Path(path), header, sessions, trials
+        self._lock = threading.Lock()  # trial ends arrive on NNI's listener thread too
+
+    @classmethod
+    def create(cls, path: Path, settings: dict[str, Any]) -> "Ledger":
+        header = {"kind": "header", "format": LEDGER_FORMAT, "version": LEDGER_VERSION, "settings": settings,
+                  "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        tmp = Path(path).with_name(Path(path).name + ".tmp")
+        tmp.write_text(json.dumps(header) + "\n")
+        tmp.replace(path)
+        return cls(path, header, [], [])
+
+    @classmethod
+    def read(cls, path: Path) -> "Ledger":
+        """The ledger at ``path``, checked line by line; a torn last line (a kill mid-write) is cut off."""
+        path = Path(path)
+        if path.stat().st_size > MAX_LEDGER_BYTES:
+            raise _bad_ledger(path, f"{path.stat().st_size / 2**20:.0f} MiB, a ledger holds a few kB per trial")
+        raw = path.read_bytes()
+        lines = raw.split(b"\n")
+        if lines and lines[-1] == b"":
+            lines.pop()
+        elif lines:  # no newline at the end: the last write was cut short
+            log.warning("%s: dropping its last, incomplete line (the search was killed while writing it)", path)
+            lines.pop()
+            with path.open("r+b") as handle:
+                handle.truncate(len(raw) - len(raw.rsplit(b"\n", 1)[-1]))
+        records = []
+        for number, line in enumerate(lines, 1):
+            try:
+                records.append(json.loads(line))
+            except (UnicodeDecodeError, json.JSONDecodeError) as err:
+                raise _bad_ledger(path, f"line {number} is not JSON ({err})") from None
+        if not records or not isinstance(records[0], dict) or records[0].get("format") != LEDGER_FORMAT:
+            raise _bad_ledger(path, f"no {LEDGER_FORMAT!r} header")
+        if records[0].get("version") != LEDGER_VERSION or not isinstance(records[0].get("settings"), dict):
+            raise _bad_ledger(path, f"header version {records[0].get('version')!r} or settings not readable")
+        sessions, trials = [], []
+        for number, record in enumerate(records[1:], 2):
+            kind = record.get("kind") if isinstance(record, dict) else None
+            if kind == "session" and isinstance(record.get("session"), int) and \
+                    isinstance(record.get("started"), (int, float)) and isinstance(record.get("offset_s"), (int, float)):
+                sessions.append(record)
+            elif kind == "trial" and not [k for k, kinds in _TRIAL_KEYS.items()
+                                          if k not in record or isinstance(record[k], bool)
+                                          or not isinstance(record[k], kinds)]:
+                trials.append(record)
+            else:
+                raise _bad_ledger(path, f"line {number} is neither a session nor a trial record")
+        return cls(path, records[0], sessions, trials)
+
+    def append(self, record: dict[str, Any]) -> int:
+        """Append one record (a whole line, flushed and fsynced); a trial's position in :attr:`trials`."""
+        line = (json.dumps(record, default=str, allow_nan=True) + "\n").encode()
+        with self._lock:
+            with self.path.open("ab") as handle:
+                handle.write(line)
+                handle.flush()
+                os.fsync(handle.fileno())
+            if record.get("kind") == "session":
+                self.sessions.append(record)
+                return -1
+            self.trials.append(record)
+            return len(self.trials) - 1
+
+    def elapsed_s(self) -> float:
+        """The search's seconds up to its last recorded trial (what earlier sessions spent)."""
+        return max((float(t["at_s"]) for t in self.trials), default=0.0)
+
+    def session_times(self, wall: float) -> tuple[float, float]:
+        """(started, offset_s) of the session a wall-clock time falls in (to place an unrecorded row)."""
+        before = [s for s in self.sessions if s["started"] <= wall]
+        if not before:
+            return (self.sessions[0]["started"], 0.0) if self.sessions else (wall, 0.0)
+        last = max(before, key=lambda s: s["started"])
+        return float(last["started"]), float(last["offset_s"])
+
+
+def _bad_ledger(path: Path, problem: str) -> RunRecordError:
+    return RunRecordError(f"{path} is damaged ({problem}): it records the finished trials a re-run resumes from. "
+                          "Restore it, or start the search over with --fresh (which deletes it)")
+
+
+def open_ledger(run_dir: Path, settings: dict[str, Any], fresh: bool) -> tuple[Ledger, bool]:
+    """The run's ledger and whether it is a resumed one; ``fresh`` (or no ledger) starts a new one.
+
+    A new ledger clears the rows and the Pareto front a former run left in the folder. An existing
+    one made with other :data:`RESUME_KEYS` settings is refused, naming the fields.
+    """
+    path = run_dir / LEDGER
+    trials_dir = run_dir / TRIALS_DIR
+    if path.exists() and not fresh:
+        ledger = Ledger.read(path)
+        changed = changed_fields(ledger.header["settings"], settings, keys=RESUME_KEYS)
+        refuse_changed_settings(run_dir, "a multi-trial search's finished trials", changed,
+                                "they would not compare with the trials of these settings",
+                                "max_trials, budget_seconds, parallel, training_service, num_workers and progress "
+                                "may change; or give --fresh to start over", recorded_in=path, error=ConfigError)
+        return ledger, True
+    if fresh and path.exists():
+        log.info("--fresh: starting the multi-trial search over (the ledger and trial rows of %s are deleted)", run_dir)
+    trials_dir.mkdir(parents=True, exist_ok=True)
+    for old in [*trials_dir.glob("*.json"), run_dir / PARETO]:  # a former run's rows do not belong to this one
+        old.unlink(missing_ok=True)
+    return Ledger.create(path, settings), False
+
+
+def _read_row(path: Path) -> dict[str, Any] | None:
+    try:
+        row = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        log.warning("unreadable trial row %s: %s", path, err)
+        return None
+    if not isinstance(row, dict) or not isinstance(row.get("arch"), dict) or \
+            not isinstance(row.get("started"), (int, float)) or not isinstance(row.get("ended"), (int, float)):
+        log.warning("trial row %s lacks arch/started/ended: ignored", path)
+        return None
+    return row
+
+
+class _Session:
+    """One start of a multi-trial search over its ledger: records trial ends, answers replays, and
+    knows which ledger trials make up this run's table."""
+
+    def __init__(self, ledger: Ledger, trials_dir: Path, multiples: dict[str, dict[str, Any]], started_wall: float,
+                 offset_s: float, session: int):
+        self.ledger, self.trials_dir, self.multiples = ledger, trials_dir, multiples
+        self.started_wall, self.offset_s, self.session = started_wall, offset_s, session
+        self.used: list[int] = []   # ledger positions of this run's trials
+        self.replayed = 0
+        self._claimed = {t["row_file"] for t in ledger.trials if t["row_file"]}
+        self._lock = threading.Lock()
+
+    def key_of(self, sample: Any) -> str:
+        return arch_key(decode_choices(dict(sample or {}), self.multiples))
+
+    def now_s(self) -> float:
+        return round(self.offset_s + time.time() - self.started_wall, 3)
+
+    def finished(self) -> list[FinishedTrial]:
+        """The ledger's finished trials, then the rows of trials whose end no earlier run recorded."""
+        found = []
+        for position, line in enumerate(self.ledger.trials):
+            row = line["row"] or {}
+            metric = line["metric"]
+            if metric is None and line["status"] == "trained" and row.get("status") == "ok":
+                metric = row.get("val_psnr")
+            if line["status"] in _REPLAYED_STATUSES and row.get("status") != "skipped":
+                found.append(FinishedTrial(key=arch_key(line["arch"]), status=line["status"], metric=metric,
+                                           index=line["index"], after=line["after"], position=position, token=position))
+        for path in sorted(self.trials_dir.glob("*.json")):
+            if path.name in self._claimed:
+                continue
+            row = _read_row(path)
+            if row is None or row.get("status") not in ("ok", "failed"):
+                continue
+            ok = row["status"] == "ok" and isinstance(row.get("val_psnr"), (int, float))
+            found.append(FinishedTrial(key=arch_key(row["arch"]), status="trained" if ok else "failed",
+                                       metric=float(row["val_psnr"]) if ok else None,
+                                       position=len(self.ledger.trials) + len(found), token=(path.name, row)))
+        return found
+
+    def _times(self, row: dict[str, Any]) -> dict[str, Any]:
+        started, offset = (self.started_wall, self.offset_s) if row["started"] >= self.started_wall else \
+            self.ledger.session_times(row["started"])
+        return {**row, "start_s": round(row["started"] - started + offset, 3),
+                "end_s": round(row["ended"] - started + offset, 3)}
+
+    def _own_row(self, key: str) -> tuple[str | None, dict[str, Any] | None]:
+        """The row the trial of ``key`` wrote (the earliest not yet claimed by a ledger line)."""
+        best = None
+        for path in self.trials_dir.glob("*.json"):
+            if path.name in self._claimed:
+                continue
+            row = _read_row(path)
+            if row is not None and arch_key(row["arch"]) == key and (best is None or row["ended"] < best[1]["ended"]):
+                best = (path.name, row)
+        return best if best is not None else (None, None)
+
+    def _record(self, index: int, after: int, sample: Any, arch: dict[str, Any], status: str, metric: float | None,
+                row_file: str | None, row: dict[str, Any] | None) -> None:
+        if row_file:
+            self._claimed.add(row_file)
+        record = {"kind": "trial", "index": index, "after": after, "session": self.session,
+                  "sample": json.loads(json.dumps(dict(sample or {}), default=str)), "arch": arch, "status": status,
+                  "metric": metric, "row_file": row_file, "row": None if row is None else self._times(row),
+                  "at_s": self.now_s()}
+        self.used.append(self.ledger.append(record))
+
+    def on_end(self, index: int, after: int, sample: Any, status: str, metric: float | None) -> None:
+        """A live trial ended: record it with its own row."""
+        with self._lock:
+            arch = decode_choices(dict(sample or {}), self.multiples)
+            row_file, row = self._own_row(arch_key(arch))
+            self._record(index, after, sample, arch, status, metric, row_file, row)
+
+    def on_replay(self, trial: FinishedTrial, index: int, after: int, sample: Any) -> None:
+        """A finished trial answered from the ledger; one known only by its row is recorded now."""
+        with self._lock:
+            self.replayed += 1
+            if isinstance(trial.token, int):
+                self.used.append(trial.token)
+                return
+            row_file, row = trial.token
+            self._record(index, after, sample, row["arch"], trial.status,
+                         trial.metric, row_file, row)
+
+    def rows(self) -> list[dict[str, Any]]:
+        """This run's trials in the order their ends were seen, numbered from 0."""
+        rows = []
+        for number, position in enumerate(sorted(set(self.used))):
+            line = self.ledger.trials[position]
+            if line["row"] is not None:
+                row = dict(line["row"])
+            else:  # the trial could not write its row here (remote, no shared folder): what NNI got
+                row = rows_from_nni([{"sample": line["sample"], "metric": line["metric"], "status": line["status"]}],
+                                    self.multiples)[0]
+                row["end_s"] = line["at_s"]
+            for column in ("val_psnr", "val_ssim", "params", "flops", "latency_s", "seconds", "start_s", "end_s"):
+                row.setdefault(column, math.nan)
+            row.setdefault("genotype_id", "")
+            row["trial"] = number
+            rows.append(row)
+        return rows
+
+
+# --------------------------------------------------------------------------------------------------
 # the search
 
 
-def run_multitrial(ctx: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+def run_multitrial(ctx: Any, fresh: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
     """Run a multi-trial strategy for ``run_search``; NNI's arch dict of the chosen trial + metadata.
 
     The chosen trial is the best validation PSNR; with a cost objective that is the best-PSNR point of
     the Pareto front (the cheaper one on a PSNR tie), and the whole front goes to ``pareto.csv``.
+
+    The run resumes: each trial's end goes to the ledger (:class:`Ledger`) as it happens; the same
+    command run again (after a kill, say) first stops the NNI processes an interrupted run left
+    (:func:`~nas_restore.nni_layer.runner.stop_recorded`), then lets the strategy replay its past
+    from the ledger without training (:class:`~nas_restore.nni_layer.runner.LedgerReplay`) and trains
+    only what is missing. ``fresh`` starts over instead.
     """
     config, run_dir = ctx.config, Path(ctx.run_dir)
     cost = cost_objective(config.objectives)
@@ -348,16 +628,30 @@ def run_multitrial(ctx: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     choices, multiples = space_choices(ctx.space_spec.make_space(ctx.space_config))
     if not choices:
         raise ValueError(f"space {config.space!r} has no choices to search with these settings")
+    stop_recorded(run_dir / PROCESSES)  # what a killed earlier run left: NNI's manager, its trials, its port
+    options = dict(config.strategy_options)
+    if "seed" in ctx.strategy_spec.defaults and options.get("seed") is None:
+        options["seed"] = config.seed
+    ledger, resumed = open_ledger(run_dir, resume_settings(config, ctx.space_config,
+                                                           {**ctx.strategy_spec.defaults, **options}), fresh)
     trials_dir = run_dir / TRIALS_DIR
     trials_dir.mkdir(parents=True, exist_ok=True)
-    for old in [*trials_dir.glob("*.json"), run_dir / PARETO]:  # a re-run in the same folder starts afresh
-        old.unlink(missing_ok=True)
     now_wall = time.time()
     started_wall = now_wall - (time.perf_counter() - ctx.started)
-    remaining = None if config.budget_seconds is None else config.budget_seconds - (time.perf_counter() - ctx.started)
-    if remaining is not None and remaining <= 0:
-        raise ValueError(f"budget_seconds={config.budget_seconds} is spent before the first trial (data and space "
-                         "set-up took longer): raise --budget-seconds")
+    offset = ledger.elapsed_s()
+    session = _Session(ledger, trials_dir, multiples, started_wall, offset, len(ledger.sessions) + 1)
+    ledger.append({"kind": "session", "session": session.session, "started": started_wall, "offset_s": offset})
+    finished = session.finished()
+    remaining = None
+    if config.budget_seconds is not None:
+        remaining = config.budget_seconds - offset - (time.perf_counter() - ctx.started)
+        if remaining <= 0 and not finished:
+            raise ValueError(f"budget_seconds={config.budget_seconds} is spent before the first trial (data and space "
+                             "set-up took longer): raise --budget-seconds")
+        remaining = max(0.0, remaining)
+    if resumed:
+        log.info("resuming the multi-trial search in %s: %d finished trial(s) on record, %.0f s spent", run_dir,
+                 len(finished), offset)
     threads = threads_per_job(config.parallel, config.num_workers) if config.parallel > 1 else None
     job = TrialJob(config=config, space=config.space, space_config=ctx.space_config, multiples=multiples,
                    train_data=ctx.train_data, val_data=ctx.val_data, run_dir=str(run_dir.resolve()),
@@ -374,31 +668,29 @@ def run_multitrial(ctx: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         relative = os.path.relpath(job_path, Path.cwd()) if job_path.is_relative_to(Path.cwd()) else None
         arguments = {"job_path": str(job_path), "job_relpath": relative, "job_token": token,
                      "config_class": type(config)}
-    options = dict(config.strategy_options)
-    if "seed" in ctx.strategy_spec.defaults and options.get("seed") is None:
-        options["seed"] = config.seed
     strategy = ctx.strategy_spec.build(options)
     log.info("multi-trial search: %s, %d choices, up to %d trials of %d epoch(s), %d at once%s", config.strategy,
              len(choices), config.max_trials, config.trial_epochs, config.parallel,
              "" if remaining is None else f", {remaining:.0f} s left")
     engine = "sequential" if sequential else "training_service"
-    records: list[dict[str, Any]] = []
     try:
-        engine, records = run_multitrial_experiment(
+        engine, _ = run_multitrial_experiment(
             ChoiceSpace(choices), run_trial, arguments, strategy, run_dir / NNI_DIR, max_trials=config.max_trials,
-            max_seconds=remaining, parallel=config.parallel, training_service=config.training_service)
+            max_seconds=remaining, parallel=config.parallel, training_service=config.training_service,
+            finished=finished, key_of=session.key_of, on_end=session.on_end, on_replay=session.on_replay,
+            process_file=run_dir / PROCESSES)
     finally:
-        rows = collect_trials(trials_dir, started_wall)
-        if not rows and records:
-            log.warning("no trial wrote its row into %s (remote trials without a shared run folder?): the tables "
-                        "hold what NNI recorded (architecture, PSNR, status) only", trials_dir)
-            rows = rows_from_nni(records, multiples)
+        rows = session.rows()
         write_trials(rows, run_dir / TRIALS)
         write_trial_anytime(rows, config.trial_epochs, run_dir / ANYTIME)
         job_path.unlink(missing_ok=True)
         _JOBS.pop(arguments["job_path"], None)
+    unused = len(finished) - session.replayed
+    if unused > 0:
+        log.info("%d finished trial(s) of an earlier run were not proposed again by the strategy (their order "
+                 "depended on trial timing): they stay in the ledger, outside this run's tables", unused)
     arch, metadata = _choose(rows, cost, config, engine, run_dir)
-    metadata["strategy_seed"] = options.get("seed")
+    metadata.update(strategy_seed=options.get("seed"), resumed_trials=session.replayed, sessions=session.session)
     return arch, metadata
 
 
@@ -437,25 +729,6 @@ def _num(value: Any) -> float:
     except (TypeError, ValueError):
         return math.inf
     return math.inf if math.isnan(number) else number
-
-
-def collect_trials(trials_dir: Path, started_wall: float) -> list[dict[str, Any]]:
-    """The trial rows, numbered in the order they ended, with times relative to the search start."""
-    rows = []
-    for path in trials_dir.glob("*.json"):
-        try:
-            rows.append(json.loads(path.read_text()))
-        except (OSError, json.JSONDecodeError) as err:
-            log.warning("unreadable trial row %s: %s", path, err)
-    rows.sort(key=lambda r: (r["ended"], r["started"]))
-    for i, row in enumerate(rows):
-        row["trial"] = i
-        row["start_s"] = round(row["started"] - started_wall, 3)
-        row["end_s"] = round(row["ended"] - started_wall, 3)
-        for column in ("val_psnr", "val_ssim", "params", "flops", "latency_s"):
-            row.setdefault(column, math.nan)
-        row.setdefault("genotype_id", "")
-    return rows
 
 
 def rows_from_nni(records: list[dict[str, Any]], multiples: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:

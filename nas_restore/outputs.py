@@ -214,8 +214,9 @@ def check_not_inside(out: str | Path, protected: dict[str, Path], flag: str = "-
                             f"those files; give {flag} {fix}; nothing was written")
 
 
-def _secondary_rank() -> bool:
-    """Whether this process is a non-first process of a multi-process run (its first process holds the lock)."""
+def is_secondary_rank() -> bool:
+    """Whether this process is a non-first process of a multi-process run (DDP ranks re-run the command): it
+    computes beside the first but writes no run-folder file and takes no lock (the first process holds it)."""
     for name in _RANK_VARIABLES:
         try:
             if int(os.environ.get(name, "0") or 0) != 0:
@@ -254,7 +255,7 @@ class RunLock:
     def __enter__(self) -> "RunLock":
         if self.kind is not None:
             check_run_folder(self.folder, self.kind)
-        if _secondary_rank():
+        if is_secondary_rank():
             log.debug("%s: not locked by this process (a secondary rank of a multi-process run)", self.folder)
             return self
         depth = RunLock._depth.get(self._key, 0)
@@ -377,4 +378,4 @@ class RunLock:
 
 
 __all__ = ["MARKER", "LOCK", "KINDS", "run_folder_kind", "read_marker", "check_output_folder", "check_run_folder",
-           "claim_run_folder", "check_not_inside", "RunLock", "command_line"]
+           "claim_run_folder", "check_not_inside", "RunLock", "command_line", "is_secondary_rank"]

@@ -12,7 +12,7 @@ from nas_restore import config as cfg
 from nas_restore.build import build_model, store_genotype
 from nas_restore.datasets import DataConfig, synthetic_split, train_val_datasets
 from nas_restore.genotype import Genotype, GenotypeError
-from nas_restore.outputs import RunLock, check_run_folder
+from nas_restore.outputs import RunLock, check_run_folder, is_secondary_rank
 from nas_restore.seeding import seed_everything
 from nas_restore.sources import load_genotype
 from nas_restore.temporal import TemporalPairs
@@ -50,16 +50,18 @@ def _retrain_into(genotype: Genotype, config: RetrainRunConfig, out_dir: Path) -
     seed_everything(config.train.seed)
     model = build_model(genotype)
     frames = int(genotype.space_config.get("frames", 1))
-    genotype.save(out_dir / "genotype.json")
-    cfg.save_yaml(config, out_dir / "config.yaml")
+    if not is_secondary_rank():  # DDP: the other processes run this command too, but only rank 0 writes
+        genotype.save(out_dir / "genotype.json")
+        cfg.save_yaml(config, out_dir / "config.yaml")
     train_data, val_data = train_val_datasets(config.data, frames, config.train.seed)
     if config.train.loss.temporal_weight > 0:
         train_data = temporal_training_data(config.data, frames, config.train.seed, train_data)
     log.info("retrain %s: %d parameters, %d train / %d val items", genotype.genotype_id(),
              sum(p.numel() for p in model.parameters()), len(train_data), len(val_data))
     result = retrain(model, train_data, val_data, config.train, out_dir)
-    # the weights file also carries the genotype, so `evaluate`/`derain` need nothing else
-    store_genotype(result.model_path, genotype)  # with its fingerprint: an edit later is refused
+    if result.rank == 0:  # DDP: rank 0 wrote model.pt
+        # the weights file also carries the genotype, so `evaluate`/`derain` need nothing else
+        store_genotype(result.model_path, genotype)  # with its fingerprint: an edit later is refused
     return result
 
 

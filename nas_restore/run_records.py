@@ -11,10 +11,14 @@ and columns here means one place to look up (or change) the layout:
 ``derived.jsonl``  the architecture derived after each epoch (one-shot)
 ``metrics.csv``    the supernet's per-epoch train loss and validation PSNR (one-shot)
 ``guard.json``     what the skip-connection guard did (one-shot)
+``supernet.pt``    the trained supernet's weights and settings, for ``nas-restore trust`` (one-shot)
+``search.ckpt``    the one-shot search's checkpoint: what a re-run resumes from (:mod:`nas_restore.search_checkpoint`)
 ``anytime.csv``    best validation PSNR so far against cost, :data:`ANYTIME_COLUMNS`
 ``trials.csv``     one row per trial (multi-trial), :data:`TRIAL_COLUMNS`
 ``pareto.csv``     the PSNR/cost Pareto front (multi-objective), :data:`PARETO_COLUMNS`
 ``trials/``        per-trial records written by the trial processes
+``ledger.jsonl``   the finished trials, appended as they end: what a re-run resumes from (multi-trial)
+``processes.json`` while a multi-trial search runs: NNI's manager and trial processes, for clean-up
 ``nni/``           NNI's own experiment folder
 =================  ==========================================================================
 
@@ -45,15 +49,20 @@ ALPHAS = "alphas.csv"
 DERIVED = "derived.jsonl"
 METRICS = "metrics.csv"
 GUARD = "guard.json"
+SEARCH_CHECKPOINT = "search.ckpt"  # one-shot: supernet, optimisers, generators, records (nas_restore.search_checkpoint)
+SUPERNET = "supernet.pt"  # one-shot: the trained supernet, plain tensors + settings (nni_layer.supernet; trust)
 ANYTIME = "anytime.csv"
 TRIALS = "trials.csv"
 PARETO = "pareto.csv"
 TRIALS_DIR = "trials"
 JOB_FILE = "multitrial_job.json"  # plain data for the trial processes (never a pickle), gone when the search ends
 NNI_DIR = "nni"
+LEDGER = "ledger.jsonl"       # multi-trial: one JSON line per finished trial (nas_restore.multitrial.Ledger)
+PROCESSES = "processes.json"  # multi-trial: NNI's processes of the running search (nni_layer.runner.ProcessRecord)
 # what only a search writes (config.yaml, genotype.json and metrics.csv a retraining writes too): how
 # nas_restore.outputs tells a search's folder from a retraining's
-SEARCH_ONLY_FILES = (ALPHAS, DERIVED, GUARD, ANYTIME, TRIALS, PARETO, LOG, JOB_FILE)
+SEARCH_ONLY_FILES = (ALPHAS, DERIVED, GUARD, ANYTIME, TRIALS, PARETO, LOG, JOB_FILE, LEDGER, PROCESSES,
+                     SEARCH_CHECKPOINT, SUPERNET)
 SEARCH_ONLY_DIRS = (TRIALS_DIR, NNI_DIR)
 
 ALPHA_COLUMNS = ("step", "epoch", "label", "choice", "weight")

@@ -3,7 +3,10 @@
 A study is a folder of units of work (a compare run, a rank entry, a continual stage). Each finished
 unit leaves a small JSON record written atomically (``done.json``; a failed one ``failed.json`` and
 ``error.log``), so a study killed at any moment leaves either a whole record or none, and a re-run
-skips the finished units and retries the failed ones. The settings a study was made with are kept
+skips the finished units and retries the failed ones. Inside a unit, a retraining continues from its
+``last.ckpt`` (and a continual stage from its ``stage.ckpt``), so an interrupted unit loses at most an
+epoch (some steps), and its record gives the whole run's epochs and seconds (:func:`retrain_totals`).
+The settings a study was made with are kept
 beside its units, and a re-run with settings that would make the old units incomparable is refused,
 naming the fields that changed.
 
@@ -13,14 +16,16 @@ sections every report ends with (protocol, machine, regenerate command).
 
 from __future__ import annotations
 
+import csv
 import json
+import math
 import os
 import platform
 import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -100,26 +105,49 @@ def run_unit(folder: Path, heading: str, announce: str, work: Callable[[], dict[
     return record_outcome(folder, work, failed_row, describe, say, failed_note), True
 
 
+def retrain_totals(metrics_csv: Path, fallback_epochs: int = 0, fallback_seconds: float = 0.0) -> dict[str, float]:
+    """The whole retraining's ``epochs`` and ``seconds``, every call together, from its ``metrics.csv``.
+
+    A unit killed mid-retraining and run again continues from ``last.ckpt`` (:func:`nas_restore.training.retrain`):
+    that second call trains only the epochs left, but ``metrics.csv`` has a row per epoch of the whole run, each
+    with its own seconds (training and validation), so the record of the unit counts the run, not its last part.
+    The fallbacks (the call's own figures) stand in only when there is no readable ``metrics.csv``.
+    """
+    try:
+        with Path(metrics_csv).open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    except OSError:
+        return {"epochs": int(fallback_epochs), "seconds": float(fallback_seconds)}
+    epochs = {row["epoch"] for row in rows if row.get("epoch") not in (None, "")}
+    seconds = 0.0
+    for row in rows:
+        try:
+            value = float(row.get("seconds") or "nan")
+        except ValueError:
+            continue
+        if math.isfinite(value):
+            seconds += value
+    if not epochs:
+        return {"epochs": int(fallback_epochs), "seconds": float(fallback_seconds)}
+    return {"epochs": len(epochs), "seconds": seconds if seconds > 0 else float(fallback_seconds)}
+
+
+def check_single_process(train: Any, study: str) -> None:
+    """A study retrains in one process: DDP (``devices``/``num_nodes`` > 1) starts its other processes by running
+    the command line again, which for a study would run its searches and evaluations once per process."""
+    processes = int(getattr(train, "devices", 1)) * int(getattr(train, "num_nodes", 1))
+    if processes > 1:
+        raise ValueError(f"{study} retrains every genotype in one process: retrain.train.devices and num_nodes must "
+                         f"be 1 (got {train.devices} and {train.num_nodes}); retrain a single genotype on several "
+                         "devices with `nas-restore retrain GENOTYPE --devices N`")
+
+
 # --------------------------------------------------------------------------------------------------
 # the settings a study was made with
 
 
-def changed_fields(previous: dict[str, Any], current: dict[str, Any], keys: Sequence[str] | None = None,
-                   ignore: Iterable[str] = ()) -> list[str]:
-    """The fields whose values differ: ``keys`` in their order, or every field of either (sorted)."""
-    ignored = set(ignore)
-    names = list(keys) if keys is not None else sorted(set(previous) | set(current))
-    return [k for k in names if k not in ignored and previous.get(k) != current.get(k)]
-
-
-def refuse_changed_settings(out: Path, what: str, changed: Sequence[str], consequence: str, may_change: str,
-                            recorded_in: Path | None = None, error: type[Exception] = ValueError) -> None:
-    """Raise ``error`` naming the ``changed`` fields when a study folder holds ``what`` made otherwise."""
-    if not changed:
-        return
-    where = f": not as in {recorded_in}" if recorded_in is not None else ""
-    raise error(f"{out} holds {what} made with other settings ({', '.join(changed)}{where}): {consequence}. "
-                f"Give another --out, or the same settings ({may_change})")
+# changed_fields and refuse_changed_settings live in the foundation (searches resume and check them too)
+from nas_restore.config import changed_fields, refuse_changed_settings  # noqa: E402,F401
 
 
 # --------------------------------------------------------------------------------------------------
@@ -219,6 +247,7 @@ def regenerate_section(command: str | None, fallback: str, resume_note: str) -> 
     return ["## Regenerate", "", f"    {command or fallback}", "", resume_note, ""]
 
 
-__all__ = ["DONE", "FAILED", "ERROR_LOG", "write_json", "read_json", "record_outcome", "run_unit", "changed_fields",
-           "refuse_changed_settings", "HeldOutConfig", "write_test_clips", "held_out_test", "cpu_model",
-           "machine_info", "machine_line", "protocol_section", "machine_section", "regenerate_section"]
+__all__ = ["DONE", "FAILED", "ERROR_LOG", "write_json", "read_json", "record_outcome", "run_unit", "retrain_totals",
+           "check_single_process", "changed_fields", "refuse_changed_settings", "HeldOutConfig", "write_test_clips",
+           "held_out_test", "cpu_model", "machine_info", "machine_line", "protocol_section", "machine_section",
+           "regenerate_section"]

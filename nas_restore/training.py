@@ -13,6 +13,7 @@ import logging
 import math
 import pickle
 import re
+import subprocess
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -140,11 +141,14 @@ class RestorationSteps:
             raise FloatingPointError(f"training loss is {loss.item()} at step {batch_idx}: lower the learning "
                                      f"rate (optim lr) or set grad_clip")
         n = target.shape[0]
-        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=n)
-        self.log_dict({f"train_{k}": v for k, v in parts.items()}, on_step=False, on_epoch=True, batch_size=n)
+        # sync_dist: under DDP each process sees its share of a batch; the logged figures are of the whole
+        # batch (the epoch means weighted by items over every process), as a single process logs them
+        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=n, sync_dist=True)
+        self.log_dict({f"train_{k}": v for k, v in parts.items()}, on_step=False, on_epoch=True, batch_size=n,
+                      sync_dist=True)
         lr = self._current_lr()
         if lr is not None:
-            self.log("lr", lr, on_step=False, on_epoch=True, batch_size=n)
+            self.log("lr", lr, on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
         return loss
 
     def _current_lr(self) -> float | None:
@@ -305,6 +309,7 @@ class RetrainResult:
     metrics_csv: Path
     model_path: Path
     precision: str = "fp32"  # what the network computed in (``auto`` resolved)
+    rank: int = 0            # DDP: this process's global rank; only rank 0 wrote the files and has the figures
 
 
 class ShareThreads(Callback):
@@ -329,7 +334,8 @@ class _EpochTimer(Callback):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.epochs_run += 1
-        pl_module.log("epoch_seconds", time.perf_counter() - self._start, on_step=False, on_epoch=True)
+        pl_module.log("epoch_seconds", time.perf_counter() - self._start, on_step=False, on_epoch=True,
+                      sync_dist=True)  # DDP: the processes' mean
 
 
 _QUIET_WARNINGS = (
@@ -354,9 +360,40 @@ def _quiet_lightning() -> Iterator[None]:
 
 
 def trainer_strategy(devices: int, num_nodes: int) -> str:
-    """Lightning's ``strategy``: "ddp" (one process per device, gradients all-reduced) when training on
-    several devices or machines, else "auto" (a single process: the CPU path and the tests)."""
+    """Lightning's ``strategy``: "ddp" (one process per device, gradients all-reduced; gloo on CPUs, NCCL on
+    GPUs) when training on several devices or machines, else "auto" (a single process).
+
+    Why "ddp" and not "ddp_spawn": "ddp" starts the other processes by running the same command line again
+    (``nas-restore retrain ...`` with ``LOCAL_RANK=1..``), which is also how torchrun, SLURM and a second
+    machine start them, so there is one path for all; nothing is pickled ("ddp_spawn" pickles the trainer,
+    and a search's callbacks are classes made inside functions, which pickle cannot send), and every process
+    is counted among the running jobs, so each takes its share of the cores (:mod:`nas_restore.threads`).
+    The price: every process runs the command up to the training, so the commands write their files from
+    rank 0 only (:func:`nas_restore.outputs.is_secondary_rank`), and a library caller's script is run again
+    per process (Lightning's rule for "ddp").
+    """
     return "ddp" if devices > 1 or num_nodes > 1 else "auto"
+
+
+def distributed_shard() -> tuple[int, int]:
+    """``(rank, world size)`` of this process in a running torch.distributed group; ``(0, 1)`` outside one."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def wait_for_ranks(trainer: pl.Trainer, timeout: float = 300.0) -> None:
+    """Rank 0 of a DDP run started by Lightning waits for the processes it started to end, so that the command
+    returns with nothing of the run still going (the others only tear down after the fit: quick)."""
+    for proc in getattr(getattr(trainer.strategy, "launcher", None), "procs", None) or []:
+        try:
+            code = proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("DDP process %d still runs %.0f s after the training ended; not waiting for it", proc.pid,
+                        timeout)
+            continue
+        if code:
+            log.warning("DDP process %d ended with exit status %s after the training", proc.pid, code)
 
 
 _TENSORBOARD_NOTED = False  # say once per process that TensorBoard is missing, not at every retraining
@@ -439,7 +476,13 @@ def _write_metrics(rows: list[dict[str, float]], path: Path) -> None:
 
 class EpochShuffle(Sampler[int]):
     """A random order of ``n`` items drawn anew each epoch from ``(seed, epoch)`` only, never from the global
-    RNG: resuming at epoch k replays epoch k's order exactly (the global RNG's state is not in last.ckpt)."""
+    RNG: resuming at epoch k replays epoch k's order exactly (the global RNG's state is not in last.ckpt).
+
+    Under DDP (a torch.distributed group is running) process ``r`` of ``W`` takes items ``r, r+W, r+2W, ...``
+    of that one order (the order padded with its own start to a multiple of ``W``, as torch's
+    ``DistributedSampler`` pads), so with batch B per process, the W processes' k-th batches together are the
+    k-th batch of one process with batch W*B: the same data, the same steps, only spread out.
+    """
 
     def __init__(self, n: int, seed: int):
         self.n, self.seed, self.epoch = n, seed, 0
@@ -447,12 +490,44 @@ class EpochShuffle(Sampler[int]):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def __iter__(self) -> Iterator[int]:
+    def order(self) -> list[int]:
+        """This epoch's order of all ``n`` items (every process draws the same)."""
         generator = torch.Generator().manual_seed(1_000_003 * self.seed + self.epoch)
-        return iter(torch.randperm(self.n, generator=generator).tolist())
+        return torch.randperm(self.n, generator=generator).tolist()
+
+    def __iter__(self) -> Iterator[int]:
+        rank, world = distributed_shard()
+        order = self.order()
+        if world == 1 or not order:
+            return iter(order)
+        total = -(-self.n // world) * world
+        padded = (order * -(-total // self.n))[:total]
+        return iter(padded[rank::world])
 
     def __len__(self) -> int:
-        return self.n
+        _, world = distributed_shard()
+        return -(-self.n // world)
+
+
+class ValidationShard(Sampler[int]):
+    """The ``n`` validation items in order; under DDP process ``r`` of ``W`` scores items ``r, r+W, ...`` (no
+    padding: the epoch's logged mean is weighted by items over the processes, so it is the mean over the whole
+    set, each item once). With fewer items than processes, every process scores them all (the same mean)."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def _indices(self) -> list[int]:
+        rank, world = distributed_shard()
+        if world == 1 or self.n < world:
+            return list(range(self.n))
+        return list(range(rank, self.n, world))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._indices())
+
+    def __len__(self) -> int:
+        return len(self._indices())
 
 
 def retrain(model: nn.Module, train_data: Dataset, val_data: Dataset, config: RetrainConfig,
@@ -490,9 +565,10 @@ def _retrain_locked(model: nn.Module, train_data: Dataset, val_data: Dataset, co
         loader_kwargs = dict(batch_size=config.batch_size, num_workers=config.num_workers, pin_memory=pin,
                              persistent_workers=config.num_workers > 0)
         # the order of an epoch is a function of (seed, epoch) alone: a run resumed from last.ckpt sees the
-        # batches that an uninterrupted one would (Lightning calls set_epoch before every epoch)
+        # batches that an uninterrupted one would (Lightning calls set_epoch before every epoch); under DDP
+        # both samplers shard themselves (Lightning's own DistributedSampler is turned off below)
         train_loader = DataLoader(train_data, sampler=EpochShuffle(len(train_data), config.seed), **loader_kwargs)
-        val_loader = DataLoader(val_data, shuffle=False, **loader_kwargs)
+        val_loader = DataLoader(val_data, sampler=ValidationShard(len(val_data)), **loader_kwargs)
 
         module = RestorationModule(model, config.loss, config.optim())
         checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val_psnr", mode="max",
@@ -520,6 +596,7 @@ def _retrain_locked(model: nn.Module, train_data: Dataset, val_data: Dataset, co
             enable_progress_bar=config.progress,
             enable_model_summary=False,
             log_every_n_steps=max(1, min(50, len(train_loader))),
+            use_distributed_sampler=False,  # EpochShuffle and ValidationShard shard the data themselves
             **trainer_kwargs,
         )
         resume = last_ckpt if last_ckpt.is_file() else None
@@ -531,7 +608,8 @@ def _retrain_locked(model: nn.Module, train_data: Dataset, val_data: Dataset, co
     if not trainer.is_global_zero:  # DDP: rank 0 alone writes the summary files and model.pt
         return RetrainResult(best_val_psnr=math.nan, best_val_ssim=math.nan, epochs_run=timer.epochs_run,
                              seconds=time.perf_counter() - start, best_checkpoint=ckpt_dir / "best.ckpt",
-                             metrics_csv=out_dir / "metrics.csv", model_path=out_dir / "model.pt")
+                             metrics_csv=out_dir / "metrics.csv", model_path=out_dir / "model.pt",
+                             precision=precision.name, rank=trainer.global_rank)
     best_path = Path(checkpoint.best_model_path) if checkpoint.best_model_path else ckpt_dir / "best.ckpt"
     if not best_path.is_file():
         raise RuntimeError(f"training finished without a best checkpoint in {ckpt_dir}: was val_psnr logged? "
@@ -550,6 +628,7 @@ def _retrain_locked(model: nn.Module, train_data: Dataset, val_data: Dataset, co
     save_weights(model, model_path, best_epoch=int(best["epoch"]) if scored else -1,
                  best_val_psnr=float(best["val_psnr"]), best_val_ssim=float(best["val_ssim"]),
                  config=_plain(asdict(config)), precision=precision.name)
+    wait_for_ranks(trainer)  # DDP: the processes Lightning started have ended too
     seconds = time.perf_counter() - start
     log.info("retrain: %d epoch(s) in %.1f s (%s), best val_psnr %.3f dB at epoch %s", timer.epochs_run, seconds,
              precision.name, best["val_psnr"], best["epoch"])

@@ -78,6 +78,14 @@ class GuardReport:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def resume_state(self) -> dict[str, Any]:
+        """What a resumed search needs (nas_restore.search_checkpoint): whether, and why, the early stop fired."""
+        return {"stopped_at_epoch": self.stopped_at_epoch, "stopped_skips": dict(self.stopped_skips)}
+
+    def load_resume_state(self, state: dict[str, Any] | None) -> None:
+        if state is not None:
+            self.stopped_at_epoch, self.stopped_skips = state["stopped_at_epoch"], dict(state["stopped_skips"])
+
     def summary(self) -> dict[str, Any]:
         """The short form for the genotype's metadata."""
         return {"cap": self.cap, "stop": self.stop, "skips_before": self.skips_before,

@@ -350,3 +350,21 @@ def test_cli_flags_reach_the_multi_trial_search(tmp_path, capsys):
     code = main(["search", "--config", str(tmp_path / "tiny.yaml"), "--strategy", "random", "--objectives",
                  "psnr,size", "--device", "cpu", "--out", str(tmp_path / "bad")])
     assert code == 2 and "objectives" in capsys.readouterr().err
+
+
+def test_nnis_manager_gets_time_to_start_on_a_loaded_machine(monkeypatch):
+    """NNI's launcher gave its node manager 3 s; our set-up waits MANAGER_START_TRIES seconds (one try a second)."""
+    from nas_restore.nni_layer import setup
+    from nni.experiment import launcher, rest
+
+    calls = []
+
+    def manager_up_late(port, path, prefix=None):
+        calls.append(port)
+        if len(calls) < 10:  # the manager answers at the 10th try: NNI alone would have failed at the 4th
+            raise ConnectionError("not yet")
+
+    monkeypatch.setattr(rest, "get", manager_up_late)
+    monkeypatch.setattr(launcher.time, "sleep", lambda s: None)
+    launcher._check_rest_server(1234)
+    assert len(calls) == 10 and setup.MANAGER_START_TRIES >= 30

@@ -1,6 +1,7 @@
 """A real (tiny) DARTS search through NNI: the run folder, the moving alphas, the genotype it yields."""
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -62,3 +63,13 @@ def test_genotype_names_alignment_and_both_branches_and_builds(search_run):
 def test_unknown_strategy_is_named_with_a_suggestion(tmp_path):
     with pytest.raises(KeyError, match="unknown strategy 'dart'.*Did you mean darts"):
         run_search(SearchConfig(strategy="dart"), tmp_path)
+
+
+def test_a_one_shot_search_leaves_no_entry_in_nnis_experiment_manifest(search_run):
+    from nas_restore.nni_layer.runner import nni_manifest_dir
+
+    ids = [p.name for p in (search_run.run_dir / "nni").iterdir() if p.is_dir()]
+    assert ids, "NNI wrote no experiment folder: the test cannot see the run's experiment id"
+    manifest = Path(nni_manifest_dir()) / ".experiment"
+    known = json.loads(manifest.read_text()) if manifest.is_file() else {}
+    assert not set(ids) & set(known)

@@ -6,6 +6,10 @@
   space imports ``from nas_restore.nni_layer import ModelSpace, LayerChoice``;
 - :mod:`~nas_restore.nni_layer.runner`: the one-shot and multi-trial experiment runners (imports the
   training code; spaces never need it).
+- :mod:`~nas_restore.nni_layer.supernet`: a one-shot run's trained supernet kept (``RUN/supernet.pt``),
+  rebuilt, and run with its architecture fixed to one sample (``nas-restore trust``).
+- :mod:`~nas_restore.nni_layer.ddp`: a one-shot search on several DDP processes: the architecture weights
+  kept identical on every process (NNI's architecture optimisers step outside DDP), rank 0 writing the run.
 
 The rest of the code, and every retrained model, works with plain torch modules and genotypes, so
 another NNI version, or none at inference, only touches this package.

@@ -42,4 +42,19 @@ for _name in ("nni", "nni.nas.experiment.config.experiment", "nni.nas.oneshot.py
               "nni.nas.evaluator.pytorch.lightning", "nni.nas.experiment.experiment"):
     logging.getLogger(_name).addFilter(_DropNoise())
 
+# NNI's launcher gives its node manager 3 tries a second apart to answer, then fails the experiment ("Create
+# experiment failed: Expecting value"): on a loaded 2-core machine node starts slower than that (seen: a
+# --parallel search failed at load 8). Give it MANAGER_START_TRIES a second apart instead.
+from nni.experiment import launcher as _launcher  # noqa: E402
+
+MANAGER_START_TRIES = 60
+_check_rest_server = _launcher._check_rest_server
+
+
+def _patient_check_rest_server(port: int, retry: int = 3, url_prefix: str | None = None) -> None:
+    _check_rest_server(port, max(retry, MANAGER_START_TRIES), url_prefix)
+
+
+_launcher._check_rest_server = _patient_check_rest_server
+
 __all__ = ["nni", "pl"]

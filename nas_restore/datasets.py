@@ -3,6 +3,12 @@
 Synthetic splits are disjoint by seed: ``train`` and ``val`` are drawn from different seeds, and the
 demo's held-out test clips from yet another. A folder is split into train/val by a fixed fraction
 of its items (never use a benchmark's holdout split here: pass its ``fit`` split).
+
+An epoch is one pass over the training items, unless ``items_per_epoch`` says otherwise: a small folder
+(Rain100L's ``fit`` split leaves 43 training pairs, 5 steps at batch 8) would otherwise validate, checkpoint
+and log every few steps, so a recipe of thousands of steps would spend its time on validation. With
+``items_per_epoch: 500`` an epoch draws the training items in turn until it has 500 (each a fresh random
+crop and flip, as every training draw is), and validation runs once per such epoch.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ class DataConfig:
     val_items: int = 32                    # synthetic only
     rain_types: list[str] = field(default_factory=lambda: ["light", "heavy", "slanted", "accumulation"])
     clip_length: int = 7                   # synthetic clips: frames per clip
+    items_per_epoch: int | None = None     # items per training epoch (the training items in turn); None: each once
 
     def __post_init__(self) -> None:
         if not 0.0 < self.val_fraction < 1.0:
@@ -41,6 +48,9 @@ class DataConfig:
         for name in ("train_items", "val_items", "clip_length"):
             if getattr(self, name) < 1:
                 raise ValueError(f"data.{name} must be >= 1, got {getattr(self, name)}")
+        if self.items_per_epoch is not None and self.items_per_epoch < 1:
+            raise ValueError(f"data.items_per_epoch must be >= 1 or null (one pass over the training items), got "
+                             f"{self.items_per_epoch}")
 
 
 def synthetic_split(config: DataConfig, frames: int, split: str, seed: int, length: int | None = None,
@@ -72,10 +82,23 @@ def check_training_split(config: DataConfig) -> None:
                             "folder would train on them: pass a split (e.g. --split fit)")
 
 
+def per_epoch(indices: list[int], items_per_epoch: int | None) -> list[int]:
+    """The training indices of one epoch: ``indices`` as they are (None), or drawn in turn until there are
+    ``items_per_epoch`` of them (each item ``items_per_epoch // n`` or one more times; the epoch's sampler
+    shuffles them, and each draw of an item is a fresh random crop)."""
+    if items_per_epoch is None or not indices:
+        return list(indices)
+    return [indices[k % len(indices)] for k in range(items_per_epoch)]
+
+
 def train_val_datasets(config: DataConfig, frames: int, seed: int) -> tuple[Dataset, Dataset]:
-    """The (train, val) pair for a search or a retraining run (never of a holdout split)."""
+    """The (train, val) pair for a search or a retraining run (never of a holdout split); the training set has
+    ``config.items_per_epoch`` items when that is set (the training items repeated in turn)."""
     if config.folder is None:
-        return (synthetic_split(config, frames, "train", seed), synthetic_split(config, frames, "val", seed))
+        train = synthetic_split(config, frames, "train", seed)
+        if config.items_per_epoch is not None:
+            train = Subset(train, per_epoch(list(range(len(train))), config.items_per_epoch))
+        return train, synthetic_split(config, frames, "val", seed)
     check_training_split(config)
     root = Path(config.folder)
     train_full = open_dataset(root, frames=frames, patch_size=config.patch_size, augment=True, seed=seed,
@@ -88,4 +111,4 @@ def train_val_datasets(config: DataConfig, frames: int, seed: int) -> tuple[Data
                         "(add pairs, or pick a larger split)")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
     n_val = max(1, int(round(n * config.val_fraction)))
-    return Subset(train_full, order[n_val:]), Subset(val_full, order[:n_val])
+    return Subset(train_full, per_epoch(order[n_val:], config.items_per_epoch)), Subset(val_full, order[:n_val])

@@ -155,6 +155,22 @@ class ResidualBlock(nn.Module):
         return x + self.body(x)
 
 
+class PlainResidualBlock(nn.Module):
+    """PRN_r's residual block (Ren et al. CVPR 2019): conv kxk -> ReLU -> conv kxk -> ReLU, + x, then ReLU.
+
+    Plain: ReLU rather than PReLU, no dilation, no 1x1 (unlike :class:`ResidualBlock`); the progressive
+    space's PRN_r member applies it recursively with shared weights (search_spaces/progressive.py).
+    """
+
+    def __init__(self, channels: int, kernel: int):
+        super().__init__()
+        self.body = nn.Sequential(_conv(channels, channels, kernel), nn.ReLU(),
+                                  _conv(channels, channels, kernel), nn.ReLU())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x + self.body(x))
+
+
 class DenseBlock(nn.Module):
     """TMICS ``ResidualDenseBlock``: three densely connected kxk convs, out = 0.333 * x3 + x."""
 
@@ -280,6 +296,9 @@ for _k in (3, 5, 7):
         register_op(f"Residualblocks_{_k}_{_d}", "residual",
                     f"residual block: conv {_k}x{_k} dil {_d}, conv 3x3 dil 2, conv 1x1 (PReLU), + input",
                     functools.partial(ResidualBlock, kernel=_k, dilation=_d))
+register_op("PlainResblock_3", "residual",
+            "PRN_r's residual block: conv 3x3, ReLU, conv 3x3, ReLU, + input, ReLU",
+            functools.partial(PlainResidualBlock, kernel=3))
 for _k in (3, 5, 7):
     for _d in (1, 2):
         register_op(f"Denseblocks_{_k}_{_d}", "dense",

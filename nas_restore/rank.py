@@ -51,13 +51,13 @@ from nas_restore.report_common import fmt, fmt_count, markdown_table, mean_std
 from nas_restore.retraining import RetrainRunConfig, run_retrain
 from nas_restore.run_records import GENOTYPE
 from nas_restore.seeding import seed_everything
-from nas_restore.sources import (load_genotype, random_count, random_genotypes, random_genotypes_where, source_label,
-                                 space_genotype, with_frames)
+from nas_restore.sources import (is_like_macs, load_genotype, macs_matched_genotype, random_count, random_genotypes,
+                                 random_genotypes_where, source_label, space_genotype, with_frames)
 from nas_restore.statistics import (DifferenceCI, paired_difference_ci, score_matrices, seed_summary,
                                     separation_sentence)
-from nas_restore.study import (DONE, HeldOutConfig, changed_fields, held_out_test, machine_info, machine_section,
-                               protocol_section, read_json, refuse_changed_settings, regenerate_section, run_unit,
-                               write_json)
+from nas_restore.study import (DONE, HeldOutConfig, changed_fields, check_single_process, held_out_test,
+                               machine_info, machine_section, protocol_section, read_json, refuse_changed_settings,
+                               regenerate_section, retrain_totals, run_unit, write_json)
 from nas_restore.training import RetrainConfig
 from search_spaces import space_of
 from search_spaces.reference import reference_genotype, reference_names
@@ -105,6 +105,7 @@ class RankConfig:
 
     def __post_init__(self) -> None:
         self.retrain.train.precision = self.precision  # one setting for every stage
+        check_single_process(self.retrain.train, "rank")
         if self.reference_size not in REFERENCE_SIZES:
             raise ValueError(f"reference_size must be one of {', '.join(REFERENCE_SIZES)}, got {self.reference_size!r}")
         if len(self.profile_size) != 2 or min(self.profile_size) < 8:
@@ -294,6 +295,8 @@ def resolve_entries(items: list[str], config: RankConfig, draws: list[dict[str, 
             parsed.append(("random", item, count))
         elif item.startswith("space:") and not Path(item).exists():
             parsed.append(("space", item, space_genotype(item)))
+        elif is_like_macs(item):  # sized once the like genotype is known (below)
+            parsed.append(("like-macs", item, None))
         elif item in reference_names() and not Path(item).exists():
             parsed.append(("reference", item, reference_genotype(item)))
         else:
@@ -325,6 +328,13 @@ def resolve_entries(items: list[str], config: RankConfig, draws: list[dict[str, 
             entries.append(Entry(genotype.metadata.get("name", item), "reference", item, genotype))
         elif kind == "space":
             entries.append(Entry(value.metadata["name"], "space", item, value))
+        elif kind == "like-macs":
+            if like is None:
+                raise ValueError(f"{item} needs a genotype whose MACs to match: list a genotype file among the "
+                                 "entries (the first one is used) or pass --like GENOTYPE")
+            genotype, match = macs_matched_genotype(item, like, config.profile_size)
+            entries.append(Entry(genotype.metadata["name"], "like-macs", f"{item} (like {like_label})", genotype,
+                                 match=match))
         else:
             entries.append(Entry(source_label(item, value), "file", item, value))
     seen: dict[str, int] = {}
@@ -359,13 +369,10 @@ def rank_one(entry: Entry, config: RankConfig, folder: Path, eval_root: Path,
     retrained = read_json(folder / "retrain.json")
     if retrained is None:
         seed_everything(seed)  # same seed, same start for every entry (see compare)
+        # an earlier call killed mid-retraining left retrain/checkpoints/last.ckpt: run_retrain continues from it
         result = run_retrain(entry.genotype, recipe, folder / "retrain")
-        seconds = result.seconds
-        try:
-            seconds = float(pd.read_csv(result.metrics_csv)["seconds"].fillna(0).sum()) or seconds
-        except (OSError, KeyError, pd.errors.EmptyDataError):
-            pass
-        retrained = {"best_val_psnr": result.best_val_psnr, "epochs": result.epochs_run, "seconds": seconds}
+        retrained = {"best_val_psnr": result.best_val_psnr,
+                     **retrain_totals(result.metrics_csv, result.epochs_run, result.seconds)}  # every call's epochs
         write_json(folder / "retrain.json", retrained)
     model, genotype = load_trained(folder / "retrain" / "model.pt")
     frames = int(genotype.space_config.get("frames", 1))
@@ -576,6 +583,12 @@ def _entry_lines(results: pd.DataFrame) -> list[dict[str, Any]]:
     return inputs + others
 
 
+def entry_lines(results: pd.DataFrame) -> list[dict[str, Any]]:
+    """The summary's lines per entry (``entry``, ``kind``, ``seeds``, ``psnr`` and ``ssim`` as mean ± std, ...),
+    for reports that build on a ranking (``nas-restore study``) and reuse :func:`chance_section`."""
+    return _entry_lines(results)
+
+
 def _rank_text(value: Any) -> str:
     return "–" if value is None or value != value else str(int(value))
 
@@ -718,4 +731,4 @@ def write_rank_summary(config: RankConfig, results: pd.DataFrame, input_scores: 
 
 __all__ = ["RankConfig", "Entry", "check_data", "resolve_entries", "resize_like", "run_rank", "rank_one", "RankResult",
            "network_size", "matched_random_entries", "unit_folder", "collect_per_image", "chance_statistics",
-           "PER_IMAGE", "STATISTICS"]
+           "PER_IMAGE", "STATISTICS", "entry_lines", "chance_section"]

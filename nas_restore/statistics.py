@@ -187,5 +187,81 @@ def separation_sentence(interval: DifferenceCI, against: str = "random", digits:
             "includes 0")
 
 
+# --------------------------------------------------------------------------------------------------
+# rank correlations (does one ranking of some architectures agree with another?)
+
+
+RANK_CORRELATIONS = ("kendall", "spearman")
+
+
+@dataclass
+class CorrelationCI:
+    """A rank correlation between two score lists, with a percentile-bootstrap interval over the items."""
+
+    method: str           # "kendall" (tau-b) or "spearman" (rho)
+    value: float          # on the items as they are (NaN when either list is constant)
+    lo: float
+    hi: float
+    p_value: float        # scipy's test of no association (a small n makes it conservative)
+    confidence: float
+    resamples: int        # bootstrap draws asked for
+    valid_resamples: int  # draws with a defined correlation (a draw of one repeated item has none)
+    n: int                # items (architectures)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _rank_correlation(method: str, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    from scipy import stats  # scipy comes with scikit-image; imported here: only correlations need it
+
+    if len(x) < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return math.nan, math.nan
+    result = stats.kendalltau(x, y) if method == "kendall" else stats.spearmanr(x, y)
+    return float(result.statistic), float(result.pvalue)
+
+
+def rank_correlation_ci(x: Sequence[float], y: Sequence[float], method: str = "kendall",
+                        resamples: int = DEFAULT_RESAMPLES, confidence: float = DEFAULT_CONFIDENCE,
+                        seed: int = 0) -> CorrelationCI:
+    """Kendall's tau-b or Spearman's rho between the paired scores ``x`` and ``y`` (one pair per item), with a
+    percentile bootstrap interval at ``confidence``: each of ``resamples`` draws takes ``n`` items with
+    replacement (pairs stay together) and recomputes the correlation; draws where it is undefined (every
+    drawn item the same, or one list constant) are left out and counted (``valid_resamples``).
+
+    Why resample items: the architectures are a sample of the space, and with a handful of them the
+    correlation itself is noisy; the interval says how far another draw of architectures could move it.
+    Fewer than 3 items give NaN bounds (no spread to resample)."""
+    if method not in RANK_CORRELATIONS:
+        raise ValueError(f"method must be one of {', '.join(RANK_CORRELATIONS)}, got {method!r}")
+    if resamples < 1:
+        raise ValueError(f"resamples must be >= 1, got {resamples}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be between 0 and 1, got {confidence}")
+    xs, ys = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if xs.shape != ys.shape or xs.ndim != 1:
+        raise ValueError(f"x and y must be two lists of one length, got shapes {xs.shape} and {ys.shape}")
+    if not (np.isfinite(xs).all() and np.isfinite(ys).all()):
+        raise ValueError("rank correlations need finite scores (leave out the items that failed first)")
+    n = len(xs)
+    value, p_value = _rank_correlation(method, xs, ys)
+    lo = hi = math.nan
+    valid = 0
+    if n >= 3:
+        rng = np.random.default_rng(seed)
+        draws = []
+        for picks in rng.integers(0, n, size=(resamples, n)):
+            stat, _ = _rank_correlation(method, xs[picks], ys[picks])
+            if stat == stat:
+                draws.append(stat)
+        valid = len(draws)
+        if draws:
+            alpha = 1.0 - confidence
+            lo, hi = (float(v) for v in np.quantile(draws, [alpha / 2, 1 - alpha / 2]))
+    return CorrelationCI(method=method, value=value, lo=lo, hi=hi, p_value=p_value, confidence=confidence,
+                         resamples=resamples, valid_resamples=valid, n=n)
+
+
 __all__ = ["DEFAULT_RESAMPLES", "DEFAULT_CONFIDENCE", "seed_summary", "score_matrices", "DifferenceCI",
-           "paired_difference_ci", "separable", "separation_sentence"]
+           "paired_difference_ci", "separable", "separation_sentence", "RANK_CORRELATIONS", "CorrelationCI",
+           "rank_correlation_ci"]

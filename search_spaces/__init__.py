@@ -34,7 +34,7 @@ from nas_restore.registry import Registry
 
 def _load_builtin() -> None:
     # always (imports are cached): importing one space module directly must not hide the others
-    from search_spaces import baselines, prn, rdmc, rrgnet, tmics  # noqa: F401  (register themselves)
+    from search_spaces import baselines, prn, progressive, rdmc, rrgnet, tmics  # noqa: F401  (register themselves)
 
 
 SPACES: Registry["SpaceSpec"] = Registry("search space", listing="nas-restore spaces", load=_load_builtin)

@@ -3,6 +3,9 @@
 Loadable by name wherever a genotype path is accepted (``load_genotype("tmics-heavy")``,
 ``nas-restore render tmics-heavy``, ``nas-restore retrain tmics-light --out ...``), so a searched
 architecture can be retrained and compared against them with the same recipe.
+Besides the TMICS networks below: the hand designs ``rescnn`` and ``prn`` (PRN_r), and PRN_r and
+PReNet_r as members of the searchable progressive space (``progressive-prn``, ``progressive-prenet-r``;
+``search_spaces/progressive.py``), so that a searched progressive genotype meets them in its own space.
 
 * ``tmics-heavy``: TGM alignment; every cell the chain ``Residualblocks_5_1 -> SPAattention_3 ->
   ECAattention_3 -> Residualblocks_3_1`` (+ cell input), as in ``multi_evaluate_dual_heavy.py``.
@@ -57,6 +60,7 @@ from nas_restore.registry import Registry
 from search_spaces import find_space
 from search_spaces.baselines import baseline_genotype
 from search_spaces.prn import prn_genotype
+from search_spaces.progressive import prn_genotype as progressive_member
 from search_spaces.tmics import PRESETS, chain_cell
 
 HEAVY_OPS = ("Residualblocks_5_1", "SPAattention_3", "ECAattention_3", "Residualblocks_3_1")
@@ -89,6 +93,9 @@ REFERENCES.register("tmics-light", lambda: _tmics_reference(
 REFERENCES.register("rescnn", lambda: baseline_genotype("demo"))
 # the field's small hand design PRN_r (Ren et al. CVPR 2019) at its published size: 21,123 weights, 6 shared stages
 REFERENCES.register("prn", lambda: prn_genotype("paper"))
+# the same PRN_r, and PReNet_r (+ ConvLSTM: 94,979 weights), as members of the searchable progressive space
+REFERENCES.register("progressive-prn", lambda: progressive_member("paper"))
+REFERENCES.register("progressive-prenet-r", lambda: progressive_member("paper", recurrent=True))
 
 
 def reference_names() -> list[str]:

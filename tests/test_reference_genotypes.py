@@ -61,7 +61,8 @@ def test_references_are_fresh_copies_and_unknown_names_are_clear():
     assert isinstance(a, Genotype) and a is not b
     a.macro["alignment"] = "tgm"
     assert load_genotype("tmics-light").macro["alignment"] == "ofm"
-    with pytest.raises(GenotypeError, match=r"tmics-hevy does not exist.*built-in name \(prn, rescnn, tmics-heavy, tmics-light\)"):
+    with pytest.raises(GenotypeError, match=r"tmics-hevy does not exist.*built-in name \(prn, progressive-prenet-r, "
+                                            r"progressive-prn, rescnn, tmics-heavy, tmics-light\)"):
         load_genotype("tmics-hevy")
     with pytest.raises(KeyError, match="Did you mean tmics-heavy"):
         reference.reference_genotype("tmics-hevy")

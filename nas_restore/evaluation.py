@@ -3,6 +3,8 @@
 ``evaluate_folder(root)`` gives the "input" row of every deraining table (rainy input against clean
 target); ``evaluate_folder(root, model)`` runs the model on full frames and scores its outputs, with the
 input scores alongside, under one :class:`~nas_restore.metrics.Protocol` that the summary names.
+``evaluate_frames(folder[, model])`` scores a rainy video without targets (real rain): the no-reference
+temporal measures of :func:`nas_restore.temporal.no_reference_temporal`, for the input and the output.
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ from skimage import io
 from tqdm.auto import tqdm
 
 from nas_restore.build import check_frames
-from nas_restore.data.folders import VideoClipFolder, open_dataset
+from nas_restore.data.folders import (PAIR_DIR_NAMES, DataError, FrameSequence, VideoClipFolder, list_images,
+                                      open_dataset)
 from nas_restore.device import resolve_device
 from nas_restore.metrics import Protocol, psnr, ssim
-from nas_restore.temporal import warping_errors
+from nas_restore.temporal import SCENE_WINDOW, no_reference_temporal, warping_errors
 
 log = logging.getLogger(__name__)
 
@@ -180,4 +183,78 @@ def evaluate_folder(root: str | Path, model: Callable[[torch.Tensor], torch.Tens
     return EvaluationResult(per_item=per_item, summary=summary)
 
 
-__all__ = ["EvaluationResult", "evaluate_folder", "score_pair"]
+def is_frame_folder(root: str | Path) -> bool:
+    """Whether ``root`` is a folder of frames without targets (images directly in it, no input/+target/ or
+    rainy/+clean/ folders): a real rainy video, scored by :func:`evaluate_frames`."""
+    root = Path(root)
+    if not root.is_dir() or any((root / a).is_dir() for pair in PAIR_DIR_NAMES for a in pair):
+        return False
+    return bool(list_images(root))
+
+
+def evaluate_frames(folder: str | Path, model: Callable[[torch.Tensor], torch.Tensor] | None = None, *,
+                    frames: int | None = None, device: str | torch.device = "cpu",
+                    save_outputs: str | Path | None = None, progress: bool = True, warp: bool = True,
+                    window: int = SCENE_WINDOW, model_frames: int | None = None) -> EvaluationResult:
+    """No-reference temporal measures of a rainy video given as a folder of frames (no targets), for the
+    rainy input and, with a ``model``, its output (see :func:`nas_restore.temporal.no_reference_temporal`).
+
+    The model (as in :func:`evaluate_folder`) derains every frame from the window of ``frames`` frames
+    centred on it, edges replicated; its outputs are measured as 8-bit frames (what ``derain`` writes), kept
+    in memory (H x W x 3 bytes a frame) or written to ``save_outputs`` as PNGs with the input's names.
+    ``per_item`` has a row per consecutive pair (``frame`` is the later one); ``summary`` has ``flicker``
+    and ``warp_error`` (the output's, or the input's without a model), ``flicker_input``,
+    ``warp_error_input``, ``static_share``, ``count`` (frames) and the measures' descriptions.
+    ``warp=False`` skips the warping error (its flow costs about a second per pair at 320x480).
+    """
+    frames = check_frames(frames, model_frames if model is not None else None, flag="frames")
+    folder = Path(folder)
+    if not is_frame_folder(folder):
+        raise DataError(f"{folder} is not a folder of frames without targets: give the folder that holds the video's "
+                        f"frames as images (for input/+target/ pairs use evaluate_folder / --data with targets)")
+    sequence = FrameSequence(folder, frames=frames)
+    out_dir = Path(save_outputs) if save_outputs is not None else None
+    if out_dir is not None and model is None:
+        log.warning("save_outputs=%s ignored: there is no model to produce outputs", out_dir)
+        out_dir = None
+    videos: dict[str, list[Any]] = {"input": list(sequence.paths)}
+    if model is not None:
+        dev = resolve_device(str(device))
+        was_training = isinstance(model, torch.nn.Module) and model.training
+        if isinstance(model, torch.nn.Module):
+            model.to(dev).eval()
+        outputs: list[Any] = []
+        try:
+            with torch.no_grad():
+                for i in tqdm(range(len(sequence)), desc=f"derain {folder.name}", disable=not progress, unit="frame"):
+                    window_t = sequence[i]
+                    output = model(window_t.unsqueeze(0).to(dev))
+                    if not isinstance(output, torch.Tensor) or tuple(output.shape) != (1, *window_t.shape[1:]):
+                        shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+                        raise ValueError(f"the model returned {shape} for input {tuple(window_t.unsqueeze(0).shape)}; "
+                                         f"expected [1, 3, H, W]")
+                    img = np.round(_to_hwc(output[0]) * 255).astype(np.uint8)
+                    if out_dir is not None:
+                        path = out_dir / f"{sequence.names[i]}.png"
+                        _save_png(img / 255.0, path)
+                        outputs.append(path)
+                    else:
+                        outputs.append(img)
+        finally:
+            if was_training:
+                model.train()
+        videos["output"] = outputs
+    measured = no_reference_temporal(videos, reference="input", window=window, warp=warp, names=sequence.names)
+    main = "output" if model is not None else "input"
+    summary: dict[str, Any] = {
+        "flicker": measured.flicker[main], "warp_error": measured.warp_error[main],
+        "flicker_input": measured.flicker["input"], "warp_error_input": measured.warp_error["input"],
+        "static_share": measured.static_share, "count": len(sequence), "pairs": measured.pairs,
+        "scene_window": window, "reference": "none (no targets): no-reference temporal measures",
+        **{k: v for k, v in measured.summary().items() if k.endswith("_measure") or k == "units"}}
+    log.info("measured %d frame(s) of %s without targets: flicker %.5f (input %.5f), static share %.2f", len(sequence),
+             folder, summary["flicker"], summary["flicker_input"], summary["static_share"])
+    return EvaluationResult(per_item=measured.per_pair, summary=summary)
+
+
+__all__ = ["EvaluationResult", "evaluate_folder", "evaluate_frames", "is_frame_folder", "score_pair"]

@@ -8,7 +8,10 @@ seams feathered over the overlap.
 
 Video (a folder of frames or a video file) runs a sliding window of the model's T frames over the frames
 in order, edge frames replicated (centre 0 of 5 -> frames 0, 0, 0, 1, 2), as in TMICS's test code.
-Outputs keep the input's file names (and, for a video file, its frame rate).
+Outputs keep the input's file names (and, for a video file, its frame rate). A derained frame folder can
+also be written as an mp4 (:func:`video_of_result`: the output, or input | output side by side) and
+measured without targets (:func:`temporal_report`: static-region flicker and warping error of the input
+and the output, :func:`nas_restore.temporal.no_reference_temporal`).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from nas_restore.config import ConfigError
 from nas_restore.data.folders import IMAGE_SUFFIXES, DataError, image_size, list_images, load_image, window_indices
 from nas_restore.device import resolve_device
 from nas_restore.precision import resolve_precision
+from nas_restore.temporal import SCENE_WINDOW, no_reference_temporal
 
 log = logging.getLogger(__name__)
 
@@ -362,5 +366,76 @@ def real_rain_figure(derainer: "Derainer", folder: str | Path, path: str | Path,
     return before_after_figure(pairs, path, labels=names)
 
 
-__all__ = ["real_rain_figure", "tiled_forward", "check_tiles", "TiledModel", "sliding_windows", "Derainer",
-           "DerainResult", "before_after_figure", "figure_of_result", "VIDEO_SUFFIXES"]
+VIDEO_LAYOUTS = ("output", "side-by-side")
+
+
+def check_video_file(path: str | Path, fps: float = 10.0) -> Path:
+    """A clear error now, before any frame is derained, for an mp4 that could not be written later: no
+    imageio-ffmpeg, a name not ending in .mp4, an impossible frame rate."""
+    _ffmpeg()
+    path = Path(path)
+    if path.suffix.lower() != ".mp4":
+        raise ConfigError(f"the video file {path} must end in .mp4: name it e.g. {path.with_suffix('.mp4')}")
+    if isinstance(fps, bool) or not (isinstance(fps, (int, float)) and 0 < fps <= 1000):
+        raise ConfigError(f"fps must be a number of frames per second in (0, 1000], got {fps!r}: change --fps")
+    return path
+
+
+def write_mp4(frames: Iterable[np.ndarray], path: str | Path, fps: float = 10.0) -> Path:
+    """Write uint8 H x W x 3 frames as an H.264 mp4 (yuv420p, which every player shows; an odd height or
+    width is padded by one replicated row or column). Needs imageio-ffmpeg."""
+    path = check_video_file(path, fps)
+    import imageio.v2 as imageio
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = imageio.get_writer(path, format="FFMPEG", fps=float(fps), codec="libx264", quality=8,
+                                macro_block_size=1, pixelformat="yuv420p")
+    count = 0
+    try:
+        for frame in frames:
+            frame = np.asarray(frame)
+            pad = ((0, frame.shape[0] % 2), (0, frame.shape[1] % 2), (0, 0))
+            writer.append_data(np.pad(frame, pad, mode="edge") if any(p[1] for p in pad) else frame)
+            count += 1
+    finally:
+        writer.close()
+    if count == 0:
+        path.unlink(missing_ok=True)
+        raise DataError(f"no frames to write to {path}")
+    return path
+
+
+def _as_uint8(path: Path) -> np.ndarray:
+    return np.round(load_image(path) * 255).astype(np.uint8)
+
+
+def video_of_result(result: DerainResult, path: str | Path, fps: float = 10.0, layout: str = "output") -> Path:
+    """The derained frames of a frame-folder run as an mp4 in frame order; ``layout="side-by-side"``: the
+    rainy input on the left, the derained output on the right."""
+    if layout not in VIDEO_LAYOUTS:
+        raise ConfigError(f"video layout must be one of {', '.join(VIDEO_LAYOUTS)}, got {layout!r}")
+    if result.mode != "frames":
+        raise ConfigError("an mp4 of the outputs needs a video's frames: derain a folder of frames (a video file "
+                          "already gives an mp4 in --out; a folder of unrelated stills is not a video)")
+    if layout == "output":
+        frames = (_as_uint8(p) for p in result.outputs)
+    else:
+        frames = (np.concatenate([_as_uint8(a), _as_uint8(b)], axis=1)
+                  for a, b in zip(result.inputs, result.outputs))
+    return write_mp4(frames, path, fps)
+
+
+def temporal_report(result: DerainResult, window: int = SCENE_WINDOW, warp: bool = True) -> dict:
+    """No-reference temporal measures of a frame-folder run, for the rainy input and the derained output
+    (see :func:`nas_restore.temporal.no_reference_temporal`): ``flicker`` and ``warp_error`` per video, the
+    share of static pixels, the number of frame pairs and the measures' descriptions."""
+    if result.mode != "frames":
+        raise ConfigError("the temporal report needs a video's frames: derain a folder of frames")
+    measured = no_reference_temporal({"input": result.inputs, "output": result.outputs}, reference="input",
+                                     window=window, warp=warp, names=[p.name for p in result.inputs])
+    return {**measured.summary(), "frames": len(result.inputs)}
+
+
+__all__ = ["write_mp4", "check_video_file", "video_of_result", "temporal_report", "VIDEO_LAYOUTS", "real_rain_figure",
+           "tiled_forward", "check_tiles", "TiledModel", "sliding_windows", "Derainer", "DerainResult",
+           "before_after_figure", "figure_of_result", "VIDEO_SUFFIXES"]

@@ -7,7 +7,11 @@ A genotype source is one of:
 - a built-in reference name (``tmics-heavy``, ``tmics-light``, ``rescnn``, ``prn``: :mod:`search_spaces.reference`);
 - ``space:NAME[:PRESET]``: the one architecture of a space without choices (a hand design such as
   ``rescnn`` or ``prn``); a space with choices gives its seed-0 random draw;
-- ``random:N`` (``rank`` only): N uniform draws from the space of a ``like`` genotype, at its size.
+- ``random:N`` (``rank`` only): N uniform draws from the space of a ``like`` genotype, at its size;
+- ``like-macs:NAME[:PRESET]`` (``rank`` only): a single-frame network of the space ``NAME`` without choices
+  (``rescnn``, ``prn``), its width (and if need be its depth) chosen so that its MACs are within
+  :data:`LIKE_MACS_TOLERANCE` of the ``like`` genotype's (:func:`macs_matched_genotype`): the
+  single-frame baseline "at about the same MACs" as a video network.
 
 Every genotype is checked against its space here (:func:`search_spaces.validate_genotype`), so a
 command gets a genotype it can build, or a :class:`~nas_restore.genotype.GenotypeError` that names
@@ -16,14 +20,25 @@ the file and the fix.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Callable
 
 from nas_restore.genotype import Genotype, GenotypeError, read_genotype_file
+from nas_restore.profiling import count_flops, count_parameters, input_shape
 from search_spaces import find_space, space_of, validate_genotype
 from search_spaces.reference import find_reference, reference_names
 
+log = logging.getLogger(__name__)
+
 RUN_GENOTYPE = "genotype.json"  # what a search run folder holds (nas_restore.run_records names the rest)
+LIKE_MACS_PREFIX = "like-macs:"
+LIKE_MACS_TOLERANCE = 0.10        # a like-macs network's MACs are within this fraction of the like genotype's
+WIDTH_FIELD = "channels"          # what like-macs varies first ...
+DEPTH_FIELDS = ("blocks", "recursions", "stages")  # ... and then the first of these that the space has
+_MAX_WIDTH = 512
+_DEPTH_TRIES = 8                  # depths tried beside the preset's, nearest first
+_ESTIMATE_SIDE = 16               # MACs are estimated at a smaller size of the same aspect, then checked
 
 
 def load_genotype(source: str | Path, name: str | None = None, validate: bool = True) -> Genotype:
@@ -35,6 +50,10 @@ def load_genotype(source: str | Path, name: str | None = None, validate: bool = 
     if text.startswith("random:") and not path.exists():
         raise GenotypeError(f"{text!r} stands for several genotypes: use it among the entries of "
                             "`nas-restore rank`, or give one genotype file")
+    if text.startswith(LIKE_MACS_PREFIX) and not path.exists():
+        raise GenotypeError(f"{text!r} is sized like another genotype: use it among the entries of `nas-restore "
+                            "rank` (matched to --like or the first genotype file), or in Python "
+                            "nas_restore.sources.macs_matched_genotype")
     if not path.exists() and ":" in text and name is None:
         head, _, tail = text.rpartition(":")
         if Path(head).exists():
@@ -151,6 +170,119 @@ def with_frames(genotype: Genotype, frames: int) -> Genotype:
     return spec.validate_genotype(changed)
 
 
+def network_macs(genotype: Genotype, height: int, width: int) -> int:
+    """Multiply-adds (FLOPs / 2) of one forward pass of the genotype's network on a ``height`` x ``width`` window."""
+    model = space_of(genotype).make_network(genotype)
+    frames = int(genotype.space_config.get("frames", 1))
+    return count_flops(model, input_shape(frames, height, width)) // 2
+
+
+def is_like_macs(text: str) -> bool:
+    """Whether a command-line word is a ``like-macs:NAME[:PRESET]`` entry."""
+    return text.startswith(LIKE_MACS_PREFIX) and not Path(text).exists()
+
+
+def macs_matched_genotype(text: str, like: Genotype, size: tuple[int, int] | list[int],
+                          tolerance: float = LIKE_MACS_TOLERANCE, frames: int = 1) -> tuple[Genotype, dict[str, Any]]:
+    """``like-macs:NAME[:PRESET]``: a ``frames``-frame network of the space NAME (one without architecture
+    choices, e.g. rescnn or prn) whose MACs at ``size`` = [H, W] are within ``tolerance`` of ``like``'s.
+
+    Why: a single-frame baseline beside a video network answers "do the extra frames help?" only at equal
+    compute; the video network's MACs include its alignment and fusion, so the baseline gets them as width.
+    How: the preset (default ``cpu``) with ``frames``, the width field (:data:`WIDTH_FIELD`) set by bisection
+    (MACs grow with width) to the value closest to the target; if that misses the tolerance, the depth field
+    (the first of :data:`DEPTH_FIELDS` the space has) is tried from the preset's value outwards. MACs are
+    estimated at a reduced size of the same aspect (convolutions' MACs scale with the pixels) and the
+    result is counted again at ``size``. Returns the genotype and the match record (``params``, ``macs``,
+    ``like_params``, ``like_macs``, ``params_ratio``, ``macs_ratio``, ``tolerance``, the fields chosen);
+    a :class:`GenotypeError` names the fix when no width and depth come within the tolerance.
+    """
+    _, _, rest = text.partition(":")
+    name, _, preset = rest.partition(":")
+    spec = find_space(name)
+    preset = preset or ("cpu" if "cpu" in spec.presets else None)
+    base = spec.config(preset, frames=frames)
+    try:
+        spec.make_space(base)
+    except ValueError:
+        pass  # no architecture choice: the network is fixed by its config, which this function sizes
+    else:
+        raise GenotypeError(f"{text}: like-macs sizes a space without architecture choices (rescnn, prn); {name!r} "
+                            "has choices: use random:N for draws of a searched space, or space:NAME:PRESET")
+    values = base.to_dict()
+    if WIDTH_FIELD not in values:
+        raise GenotypeError(f"{text}: the {name} space has no {WIDTH_FIELD!r} setting to size it by")
+    depth_field = next((f for f in DEPTH_FIELDS if f in values), None)
+    h, w = int(size[0]), int(size[1])
+    like_macs = network_macs(like, h, w)
+    like_params = count_parameters(space_of(like).make_network(like))
+    scale = max(1, min(h, w) // _ESTIMATE_SIDE)
+    eh, ew = max(8, h // scale), max(8, w // scale)
+    pixel_ratio = (h * w) / (eh * ew)
+    target = like_macs / pixel_ratio
+    cache: dict[tuple[int, int | None], float] = {}
+
+    def genotype_of(width: int, depth: int | None) -> Genotype:
+        changed = {**values, WIDTH_FIELD: width, **({depth_field: depth} if depth_field else {})}
+        config = spec.config_class.from_dict(changed)
+        meta = {"name": f"{name}-like-macs", "strategy": f"space {name}, preset {preset}, sized to the like "
+                f"genotype's MACs ({like.genotype_id()})", "like": like.genotype_id()}
+        return spec.to_genotype({}, config, meta)
+
+    def estimate(width: int, depth: int | None) -> float:
+        key = (width, depth)
+        if key not in cache:
+            cache[key] = float(network_macs(genotype_of(width, depth), eh, ew))
+        return cache[key]
+
+    def best_width(depth: int | None) -> int:
+        hi = max(1, int(values[WIDTH_FIELD]))
+        while hi < _MAX_WIDTH and estimate(hi, depth) < target:  # doubling: never builds a needlessly wide network
+            hi = min(_MAX_WIDTH, 2 * hi)
+        lo = 1
+        while lo < hi:  # the smallest width reaching the target
+            mid = (lo + hi) // 2
+            if estimate(mid, depth) >= target:
+                hi = mid
+            else:
+                lo = mid + 1
+        return min((c for c in (lo - 1, lo) if c >= 1), key=lambda c: abs(estimate(c, depth) / target - 1))
+
+    depth0 = values.get(depth_field) if depth_field else None
+    depths: list[int | None] = [depth0]
+    if depth_field:
+        depths += sorted((d for d in range(1, 4 * max(int(depth0), 1) + 1) if d != depth0),
+                         key=lambda d: (abs(d - int(depth0)), d))[:_DEPTH_TRIES]
+    best: tuple[float, int, int | None] | None = None
+    for depth in depths:
+        width = best_width(depth)
+        error = abs(estimate(width, depth) / target - 1)
+        if best is None or error < best[0]:
+            best = (error, width, depth)
+        if error <= tolerance / 2:  # well inside: keep the depth nearest the preset's
+            break
+    assert best is not None
+    _, width, depth = best
+    genotype = genotype_of(width, depth)
+    macs = network_macs(genotype, h, w)
+    params = count_parameters(space_of(genotype).make_network(genotype))
+    ratio = macs / like_macs if like_macs else float("inf")
+    if abs(ratio - 1) > tolerance:
+        raise GenotypeError(f"{text}: no {name} network within {tolerance:.0%} of the like genotype's {like_macs:,} "
+                            f"MACs at {h}x{w} (closest: {WIDTH_FIELD}={width}"
+                            + (f", {depth_field}={depth}" if depth_field else "") + f", {macs:,} MACs): pick another "
+                            "baseline space or preset, or compare at a size where it fits")
+    match = {"params": params, "macs": macs, "like_params": like_params, "like_macs": like_macs,
+             "params_ratio": params / like_params if like_params else float("inf"), "macs_ratio": ratio,
+             "tolerance": tolerance, "size": [h, w], WIDTH_FIELD: width,
+             **({depth_field: depth} if depth_field else {})}
+    genotype.metadata = {**(genotype.metadata or {}), "note": f"{frames}-frame {name} with {WIDTH_FIELD}={width}"
+                         + (f", {depth_field}={depth}" if depth_field else "") + f": {macs:,} MACs at {h}x{w}, "
+                         f"{ratio:.3f} x the like genotype's ({like_macs:,})"}
+    log.info("%s: %s", text, genotype.metadata["note"])
+    return genotype, match
+
+
 def random_count(text: str) -> int | None:
     """N of ``random:N`` (None for any other source); a clear error for a bad N."""
     if not text.startswith("random:") or Path(text).exists():
@@ -162,4 +294,5 @@ def random_count(text: str) -> int | None:
 
 
 __all__ = ["load_genotype", "with_frames", "source_label", "random_genotypes", "random_genotypes_where",
-           "space_genotype", "random_count", "RUN_GENOTYPE"]
+           "space_genotype", "random_count", "RUN_GENOTYPE", "macs_matched_genotype", "is_like_macs", "network_macs",
+           "LIKE_MACS_PREFIX", "LIKE_MACS_TOLERANCE"]

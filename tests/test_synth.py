@@ -77,9 +77,10 @@ def test_clips_never_span_the_cut_and_targets_are_the_source_frames(footage, tmp
     src, frames = footage
     result = synth(src, tmp_path / "out", SynthConfig(rain=["light", "heavy"], frames=4, stride=2, seed=1))
     rec = json.loads((tmp_path / "out" / "synth.json").read_text())
-    assert rec["cuts"] == [CUT]
-    assert rec["source_frames"] == N and rec["complete"] is True
-    assert rec["shots"] == [[0, CUT], [CUT, N]]
+    source = rec["sources"][0]
+    assert source["cuts"] == [CUT]
+    assert source["frames"] == N and rec["complete"] is True
+    assert source["shots"] == [[0, CUT], [CUT, N]]
     ranges = [(c["start"], c["stop"]) for c in rec["clips"]]
     # stride 2 inside each shot: 0,2,4,6 | 10,12,14,16; a plan that ignored the cut would start one at 8
     assert ranges == [(s, s + 4) for s in (0, 2, 4, 6, 10, 12, 14, 16)]
@@ -194,7 +195,8 @@ def test_video_file_gif(footage, tmp_path):
     path = tmp_path / "clean.gif"
     imageio.mimsave(path, list(frames), duration=0.04, loop=0)
     rec = synth(path, tmp_path / "out", SynthConfig(frames=5)).record
-    assert rec["source_kind"] == "video" and rec["source_frames"] == N and rec["cuts"] == [CUT]
+    source = rec["sources"][0]
+    assert source["kind"] == "video" and source["frames"] == N and source["cuts"] == [CUT]
     assert [c["name"] for c in rec["clips"]] == [f"clean_{s:06d}" for s in (0, 5, 10, 15)]
 
 
@@ -210,7 +212,8 @@ def test_video_file_mp4(footage, tmp_path):
         writer.append_data(f)
     writer.close()
     rec = synth(path, tmp_path / "out", SynthConfig(frames=5, rain=["slanted"])).record
-    assert rec["source_frames"] == N and rec["cuts"] == [CUT] and rec["fps"] == pytest.approx(10)
+    source = rec["sources"][0]
+    assert source["frames"] == N and source["cuts"] == [CUT] and source["fps"] == pytest.approx(10)
     target = read_clip(tmp_path / "out" / "target" / rec["clips"][0]["name"])
     assert np.abs(target.astype(int) - frames[:5]).mean() < 4  # lossy codec, near the source
 
@@ -220,15 +223,16 @@ def test_repeated_frames_are_dropped_so_clips_move_in_every_frame(tmp_path):
     padded = np.repeat(frames, 3, axis=0)                    # a decoder's padding: every frame three times
     src = write_frame_folder(tmp_path / "padded", padded)
     rec = synth(src, tmp_path / "out", SynthConfig(frames=5)).record
-    assert rec["source_frames"] == 3 * N and len(rec["repeated_frames"]) == 2 * N
-    assert rec["cuts"] == [3 * CUT]                          # in source frame numbers
+    source = rec["sources"][0]
+    assert source["frames"] == 3 * N and len(source["repeated_frames"]) == 2 * N
+    assert source["cuts"] == [3 * CUT]                       # in source frame numbers
     first = rec["clips"][0]
     assert first["source_frames"] == [0, 3, 6, 9, 12] and (first["start"], first["stop"]) == (0, 13)
     target = read_clip(tmp_path / "out" / "target" / first["name"])
     np.testing.assert_array_equal(target, frames[:5])
     assert all((target[t] != target[t + 1]).any() for t in range(4))
     kept = synth(src, tmp_path / "kept", SynthConfig(frames=5, drop_repeats=False)).record
-    assert kept["repeated_frames"] == [] and kept["cuts"] == [3 * CUT]
+    assert kept["sources"][0]["repeated_frames"] == [] and kept["sources"][0]["cuts"] == [3 * CUT]
     assert kept["clips"][0]["source_frames"] == [0, 1, 2, 3, 4]
 
 
@@ -294,3 +298,122 @@ def test_cli(footage, tmp_path, capsys):
 
     assert main(["synth", str(src), "--size", "big", "--out", str(tmp_path / "bad")]) == 2
     assert "--size expects HxW" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------------
+# held-out clips: several videos, SPLITS.txt by contiguous time blocks
+
+
+def other_footage(n: int = 16, h: int = H, w: int = W) -> np.ndarray:
+    """A second video, unlike the first: a bright disc moving diagonally over a gradient, no cut."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    out = []
+    for i in range(n):
+        frame = np.stack([0.2 + 0.5 * xx / w, 0.6 - 0.3 * yy / h, 0.3 + 0 * xx], -1)
+        disc = (yy - 8 - 2 * i) ** 2 + (xx - 10 - 3 * i) ** 2 < 36
+        frame[disc] = [0.9, 0.85, 0.7]
+        out.append(np.round(frame * 255).astype(np.uint8))
+    return np.stack(out)
+
+
+@pytest.fixture(scope="module")
+def two_videos(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("videos")
+    return (write_frame_folder(root / "street2", make_frames()),   # a digit in the stem: dropped from the names
+            write_frame_folder(root / "garden", other_footage()))
+
+
+def test_holdout_shares_no_source_frame_across_stride_overlaps(two_videos, tmp_path):
+    from nas_restore.data.folders import VideoClipFolder, read_splits
+
+    out = tmp_path / "out"
+    config = SynthConfig(rain=["light", "heavy"], frames=4, stride=1, holdout=0.3, seed=2)
+    result = synth(list(two_videos), out, config)
+    rec = json.loads((out / "synth.json").read_text())
+    assert rec["holdout"]["fraction"] == 0.3 and rec["holdout"]["gap"] == 4 and len(rec["sources"]) == 2
+    splits = read_splits(out)
+    assert set(splits) == {"fit", "holdout"}
+    by_id = {c["id"]: c for c in rec["clips"]}
+    assert sorted(splits["fit"] + splits["holdout"]) == sorted(by_id)      # every clip is on one side
+    assert not set(splits["fit"]) & set(splits["holdout"])
+    for index, source in enumerate(rec["sources"]):
+        sides = {side: [by_id[i] for i in splits[side] if by_id[i]["source"] == index] for side in splits}
+        assert sides["fit"] and sides["holdout"], index                     # both videos on both sides
+        fit = {f for c in sides["fit"] for f in c["source_frames"]}
+        held = {f for c in sides["holdout"] for f in c["source_frames"]}
+        assert not fit & held
+        # contiguous blocks with a gap of at least the clip length (stride 1 overlaps every clip)
+        assert min(held) - max(fit) - 1 >= config.frames
+        n = source["frames"]
+        assert source["holdout_frames"] == [n - round(0.3 * n), n] and min(held) == n - round(0.3 * n)
+        assert max(fit) < source["fit_frames"][1] <= min(held) - config.frames
+    # the names carry one number, the id (the stem's digit is dropped), and the files agree with the record
+    assert all(c["name"] == f"{'street' if c['source'] == 0 else 'garden'}_{c['id']:06d}" for c in rec["clips"])
+    assert all(c["id"] == 1_000_000 * c["source"] + c["start"] for c in rec["clips"])
+    assert result.splits["fit"] == [by_id[i]["name"] for i in splits["fit"]]
+    # by content too: no clean frame written on the fit side is written on the holdout side
+    written = {side: {(out / "target" / by_id[i]["name"] / f).read_bytes() for i in splits[side]
+                      for f in ("00001.png", "00002.png", "00003.png", "00004.png")} for side in splits}
+    assert written["fit"] and written["holdout"] and not written["fit"] & written["holdout"]
+    # the clip folders open by split, in SPLITS.txt's order
+    for side in splits:
+        data = VideoClipFolder(out, frames=3, split=side)
+        assert data.clips == [by_id[i]["name"] for i in splits[side]]
+        assert len(data) == 4 * len(splits[side])
+
+
+def test_training_and_search_refuse_the_holdout_clips(two_videos, tmp_path, capsys):
+    from nas_restore.data.folders import DataError
+    from nas_restore.datasets import DataConfig, train_val_datasets
+
+    out = tmp_path / "out"
+    synth(list(two_videos), out, SynthConfig(frames=3, holdout=0.25, max_clips=4))
+    with pytest.raises(DataError, match="refusing to train on the split 'holdout'"):
+        train_val_datasets(DataConfig(folder=str(out), split="holdout", patch_size=16), 3, 0)
+    with pytest.raises(DataError, match="defines the split"):
+        train_val_datasets(DataConfig(folder=str(out), patch_size=16), 3, 0)   # the whole folder holds holdout
+    train, val = train_val_datasets(DataConfig(folder=str(out), split="fit", patch_size=16), 3, 0)
+    held = {c["name"] for c in json.loads((out / "synth.json").read_text())["clips"] if c["split"] == "holdout"}
+    assert held and not {train.dataset.index[i][0] for i in train.indices} & held
+    for command in (["search", "--space", "tmics", "--strategy", "darts", "--preset", "demo", "--epochs", "1"],
+                    ["retrain", "rescnn", "--epochs", "1"]):
+        code = main([*command, "--data", str(out), "--split", "holdout", "--out", str(tmp_path / command[0]),
+                     "--no-progress"])
+        assert code == 2 and "refusing to train on the split 'holdout'" in capsys.readouterr().err
+
+
+def test_holdout_rerun_without_it_removes_the_splits_and_bad_settings_are_refused(two_videos, tmp_path):
+    out = tmp_path / "out"
+    synth(two_videos[0], out, SynthConfig(frames=3, holdout=0.3))
+    assert (out / "SPLITS.txt").is_file()
+    rec = synth(two_videos[0], out, SynthConfig(frames=3)).record
+    assert not (out / "SPLITS.txt").exists() and rec["holdout"] is None and "split" not in rec["clips"][0]
+    with pytest.raises(UserError, match="at least the clip length"):
+        SynthConfig(frames=5, holdout=0.2, holdout_gap=3)
+    with pytest.raises(UserError, match="strictly between 0 and 1"):
+        SynthConfig(holdout=1.0)
+    with pytest.raises(UserError, match="needs holdout"):
+        SynthConfig(holdout_gap=9)
+    with pytest.raises(UserError, match="no holdout clip|no fit clip"):   # 20 frames: 10 % = 2 < a 5-frame clip
+        synth(two_videos[0], tmp_path / "short", SynthConfig(frames=5, holdout=0.1, detect_cuts=False))
+    with pytest.raises(UserError, match="given twice"):
+        synth([two_videos[0], two_videos[0]], tmp_path / "twice", SynthConfig(frames=3))
+    with pytest.raises(UserError, match="different frame sizes.*--size"):
+        small = write_frame_folder(tmp_path / "small", make_frames(h=40, w=80))
+        synth([two_videos[0], small], tmp_path / "sizes", SynthConfig(frames=3))
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "SPLITS.txt").write_text("fit: 1\n")
+    with pytest.raises(UserError, match="not written by synth"):
+        synth(two_videos[0], tmp_path / "foreign", SynthConfig(frames=3))
+
+
+def test_cli_holdout_several_videos(two_videos, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main(["synth", *map(str, two_videos), "--frames", "3", "--stride", "2", "--holdout", "0.25",
+                 "--holdout-gap", "4", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0 and printed.count("  source  :") == 2 and "holdout frames 15-19" in printed
+    assert "no source frame on both sides" in printed and "--split fit" in printed
+    assert json.loads((out / "synth.json").read_text())["holdout"]["gap"] == 4
+    assert main(["synth", str(two_videos[0]), "--frames", "5", "--holdout-gap", "5", "--out", str(tmp_path / "b")]) == 2
+    assert "needs holdout" in capsys.readouterr().err

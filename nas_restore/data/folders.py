@@ -5,7 +5,8 @@ writes)::
 
     root/input/0001.png   root/target/0001.png            image pairs (also rainy/ + clean/)
     root/input/<clip>/00001.png   root/target/<clip>/00001.png   video clips
-    root/SPLITS.txt       optional: lines "name: id id ..." (ids = the number in each file name)
+    root/SPLITS.txt       optional: lines "name: id id ..." (ids = the number in each file name, or in
+                          each clip folder's name)
 
 Pairing rule: an input and a target file pair when their names without extension are equal; if that
 leaves files unpaired, names are compared again after removing a leading or trailing ``rain``, ``rainy``,
@@ -370,10 +371,12 @@ class VideoClipFolder(Dataset):
     5 -> frames [0, 0, 0, 1, 2]), and the clean frame t. A clip must have at least ``frames`` frames, so
     that at least one window is made of real neighbours only; shorter clips are a DataError.
     The same crop and flip apply to every frame of a window and to the target.
+    ``split`` selects the clips of a split of ``root/SPLITS.txt``: a clip's id is the one number in its
+    folder name (``nas-restore synth --holdout`` writes such names and the file).
     """
 
     def __init__(self, root: str | Path, frames: int = 5, patch_size: int | None = None, augment: bool = False,
-                 seed: int = 0):
+                 seed: int = 0, split: str | None = None):
         _check_patch(patch_size)
         _check_frames(frames)
         self.root = Path(root)
@@ -386,6 +389,8 @@ class VideoClipFolder(Dataset):
         clip_dirs = _subdirs(self.input_dir)
         if not clip_dirs:
             raise DataError(f"no clip folders in {self.input_dir}: put each clip's frames in input/<clip>/")
+        if split is not None:
+            clip_dirs = self._select_split(clip_dirs, split)
         self.clips: list[str] = []
         self._frames: dict[str, list[tuple[str, Path, Path]]] = {}
         self.index: list[tuple[str, int]] = []
@@ -410,6 +415,28 @@ class VideoClipFolder(Dataset):
             self.index += [(clip, t) for t in range(len(pairs))]
         self.names = [f"{clip}/{self._frames[clip][t][0]}" for clip, t in self.index]
         self._cache = _Cache(2 * self.frames + 2)
+
+    def _select_split(self, clip_dirs: list[Path], split: str) -> list[Path]:
+        """The clip folders of ``split``, in the order SPLITS.txt lists their ids."""
+        splits = read_splits(self.root)
+        if split not in splits:
+            raise DataError(f"split {split!r} is not in {self.root / SPLITS_FILE}; choose one of {sorted(splits)} "
+                            "with --split")
+        by_id: dict[int, Path] = {}
+        for clip_dir in clip_dirs:
+            key = _name_id(clip_dir.name, self.root)
+            if key in by_id:
+                raise DataError(f"{self.root}: clips {by_id[key].name!r} and {clip_dir.name!r} share id {key}; "
+                                f"{SPLITS_FILE} ids must be unique")
+            by_id[key] = clip_dir
+        missing = [i for i in splits[split] if i not in by_id]
+        if missing:
+            raise DataError(f"{self.root / SPLITS_FILE}: split {split!r} names id(s) {missing[:10]} with no clip "
+                            f"in {self.input_dir}")
+        if not splits[split]:
+            raise DataError(f"{self.root / SPLITS_FILE}: split {split!r} lists no clip: give it clip ids or "
+                            "choose another split")
+        return [by_id[i] for i in splits[split]]
 
     def __len__(self) -> int:
         return len(self.index)
@@ -474,10 +501,7 @@ def open_dataset(root: str | Path, frames: int = 1, patch_size: int | None = Non
                  seed: int = 0, split: str | None = None) -> PairedImageFolder | VideoClipFolder:
     """Image pairs or video clips, whichever ``root`` holds (clips = subfolders of frames in input/)."""
     if is_video_folder(root):
-        if split is not None:
-            raise DataError(f"{root} holds video clips; split= works for image pairs only (select clips by "
-                            f"moving them to separate folders)")
-        return VideoClipFolder(root, frames=frames, patch_size=patch_size, augment=augment, seed=seed)
+        return VideoClipFolder(root, frames=frames, patch_size=patch_size, augment=augment, seed=seed, split=split)
     return PairedImageFolder(root, patch_size=patch_size, augment=augment, seed=seed, split=split, frames=frames)
 
 

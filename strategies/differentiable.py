@@ -5,14 +5,24 @@ from __future__ import annotations
 import functools
 
 from strategies import StrategySpec, register_strategy
+from strategies.mixing import AutocastMixing
 
 
-def _darts(arc_learning_rate: float, gradient_clip_val: float | None, warmup_epochs: int):
+@functools.cache
+def darts_class() -> type:
+    """NNI's DARTS whose mixed edges sum in bf16 under autocast (strategies/mixing.py); the base of the family."""
     from nas_restore.nni_layer import nni  # noqa: F401  (applies our NNI import set-up first)
     from nni.nas.strategy import DARTS
 
-    return DARTS(arc_learning_rate=arc_learning_rate, gradient_clip_val=gradient_clip_val,
-                 warmup_epochs=warmup_epochs, log_prob_every_n_step=10**9)
+    class AutocastDARTS(AutocastMixing, DARTS):
+        """NNI's DARTS (first order); under mixed precision its edges mix in the candidates' dtype."""
+
+    return AutocastDARTS
+
+
+def _darts(arc_learning_rate: float, gradient_clip_val: float | None, warmup_epochs: int):
+    return darts_class()(arc_learning_rate=arc_learning_rate, gradient_clip_val=gradient_clip_val,
+                         warmup_epochs=warmup_epochs, log_prob_every_n_step=10**9)
 
 
 register_strategy(StrategySpec(
@@ -30,7 +40,7 @@ def _gumbel_darts_class() -> type:
     from nas_restore.nni_layer import nni  # noqa: F401
     from nni.nas.strategy import GumbelDARTS
 
-    class HardableGumbelDARTS(GumbelDARTS):
+    class HardableGumbelDARTS(AutocastMixing, GumbelDARTS):
         """NNI's GumbelDARTS; ``hard`` makes the forward pass one-hot (straight-through) and runs only the
         sampled candidate of each edge, as GDAS (strategies.single_path)."""
 

@@ -29,6 +29,7 @@ from torch import nn
 
 from nas_restore.ops import OPS, build_op
 from strategies import StrategySpec, register_strategy
+from strategies.mixing import mix
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ def partial_mix(x: torch.Tensor, ops: list[nn.Module], weights: torch.Tensor, k:
     """
     part = partial_size(x.shape[1], k)
     xp, rest = x[:, :part], x[:, part:]
-    mixed = sum(w * op(xp) for w, op in zip(weights, ops))
+    mixed = mix([op(xp) for op in ops], weights)  # in the ops' dtype (bf16 under autocast: strategies/mixing.py)
     if rest.shape[1] == 0:
         return mixed
     return channel_shuffle(torch.cat([mixed, rest], 1), part)
@@ -194,7 +195,7 @@ def supermodule_classes() -> dict[str, type]:
                 edges = []
                 for j in range(i):
                     edge = partial_mix(states[j], list(ops[j].values()), self.edge_weights(i, j), self.partial_k)
-                    edges.append(edge if betas is None else betas[j] * edge)
+                    edges.append(edge if betas is None else betas[j].to(edge.dtype) * edge)
                 states.append(sum(edges))
             return self.postprocessor(torch.cat(states[self.num_predecessors:], self.concat_dim), processed)
 
@@ -227,12 +228,11 @@ def supermodule_classes() -> dict[str, type]:
 
 @functools.cache
 def strategy_class() -> type:
-    from nas_restore.nni_layer import nni  # noqa: F401
-    from nni.nas.strategy import DARTS
+    from strategies.differentiable import darts_class
 
     classes = supermodule_classes()
 
-    class PCDARTS(DARTS):
+    class PCDARTS(darts_class()):
         """NNI's DARTS with partial-channel mixed edges (C/K) and edge normalisation (PC-DARTS)."""
 
         def __init__(self, *, k: int = 4, edge_normalization: bool = True, **kwargs):

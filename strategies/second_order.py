@@ -195,12 +195,11 @@ def module_classes() -> dict[str, type]:
 @functools.cache
 def strategy_classes() -> dict[str, type]:
     """NNI strategy subclasses that build the modules above."""
-    from nas_restore.nni_layer import nni  # noqa: F401
-    from nni.nas.strategy import DARTS
+    from strategies.differentiable import darts_class
 
     modules = module_classes()
 
-    class SecondOrderDARTS(DARTS):
+    class SecondOrderDARTS(darts_class()):
         """NNI's DARTS with the unrolled architecture gradient (NNI has only the first order)."""
 
         def __init__(self, *, xi: float | None = None, **kwargs):

@@ -55,7 +55,8 @@ def straight_through(out: torch.Tensor, h: torch.Tensor, index: int) -> torch.Te
     """GDAS's edge value: h[index] * out plus the other (zero-valued) h entries, for their gradients."""
     mask = torch.ones_like(h)
     mask[index] = 0.0
-    return h[index] * out + (h * mask).sum()
+    # in the output's dtype: an fp32 h would make the edge, and every op reading it, fp32 under autocast
+    return h[index].to(out.dtype) * out + (h * mask).sum().to(out.dtype)
 
 
 @functools.cache
@@ -207,6 +208,24 @@ def spos_classes() -> dict[str, type]:
         """NNI's uniform path sampling; the architecture comes from the evolution, not from ``export``."""
 
         evolved: dict[str, Any] | None = None
+        _leaves: dict[str, Any] | None = None
+
+        def resample(self):
+            """One uniformly drawn path, from numpy's global generator: NNI's own draw uses a new, unseeded
+            ``RandomState`` every step, so that neither the seed nor a resumed search's checkpoint
+            (nas_restore.search_checkpoint keeps numpy's generator) would repeat the paths."""
+            if self._leaves is None:
+                self._leaves = dict(self.model.simplify())
+
+            def draw():
+                sample: dict[str, Any] = {}
+                for mutable in self._leaves.values():
+                    mutable.random(memo=sample, random_state=np.random.mtrand._rand)
+                for module in self.supernet_modules():
+                    module.resample(memo=sample)
+                return sample
+
+            return self._repeat_until_valid(draw)
 
         def export(self):
             if self.evolved is None:
@@ -269,8 +288,18 @@ def spos_classes() -> dict[str, type]:
         def list_models(self, sort: bool = True, limit: int | None = 1):
             if self.evolution is None:
                 self.evolution = self.run_evolution()
-                self.oneshot_module.evolved = self.evolution["best"]
+            self.oneshot_module.evolved = self.evolution["best"]
             yield self.model_space.freeze(dict(self.evolution["best"]))
+
+        def resume_state(self) -> dict[str, Any]:
+            """What a resumed search keeps (nas_restore.search_checkpoint): the phase, and the evolution's result
+            once it has run (a re-run then does not evolve again; killed during the evolution, a re-run evolves
+            again from the trained supernet, with the same seed and batches: the same result)."""
+            return {"phase": "evolution done" if self.evolution is not None else "supernet training",
+                    "evolution": self.evolution}
+
+        def load_resume_state(self, state: dict[str, Any] | None) -> None:
+            self.evolution = None if state is None else state.get("evolution")
 
     return {"module": SposModule, "strategy": SPOS}
 

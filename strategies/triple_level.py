@@ -117,13 +117,11 @@ def _optimizers_in(conf: Any) -> list[Any]:
 
 @functools.cache
 def strategy_class() -> type:
-    from nni.nas.strategy import DARTS
-
-    from nas_restore.nni_layer import nni  # noqa: F401  (our NNI import set-up first)
+    from strategies.differentiable import darts_class
 
     module = module_class()
 
-    class TripleLevelDARTS(DARTS):
+    class TripleLevelDARTS(darts_class()):
         """TMICS's triple-level search: weights (train split), architecture (validation), lambda (validation)."""
 
         def __init__(self, *, fusion_parameters: Sequence[str] = ("fusion",), fusion_learning_rate: float = 1e-3,

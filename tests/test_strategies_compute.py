@@ -4,6 +4,7 @@ normalisation), gdas with hard=True (one candidate per edge), spos (one path per
 import logging
 
 import pytest
+import pandas as pd
 import torch
 from torch import nn
 
@@ -148,6 +149,12 @@ def test_pcdarts_search_moves_alphas_and_betas_and_derives_a_valid_genotype(tmp_
         find_space("tmics").make_space(find_space("tmics").config("demo", **TINY))).simplify())
     exported = built[0].oneshot_module.export()
     assert set(exported) == darts_keys
+    # the betas are in the run's weight history too, a row per node input, as softmax weights
+    history = pd.read_csv(result.run_dir / "alphas.csv")
+    beta_rows = history[history["label"].str.contains("/beta_")]
+    assert set(beta_rows["label"]) == {label for c in cells for label in c._arch_beta}
+    last = beta_rows[beta_rows["step"] == beta_rows["step"].max()]
+    assert last.groupby("label")["weight"].sum().round(4).eq(1.0).all()
 
 
 def test_pcdarts_export_ranks_edges_by_alpha_times_beta():
@@ -251,3 +258,41 @@ def test_spos_search_evolves_a_valid_genotype(tmp_path, monkeypatch, caplog):
     # the same trained supernet and seed give the same evolution
     again = built[0].run_evolution()
     assert again["best"] == evolution["best"] and again["score"] == pytest.approx(evolution["score"])
+
+
+# --------------------------------------------------------------------------------------------------
+# mixed edges under autocast (strategies/mixing.py)
+
+
+@pytest.mark.parametrize("strategy", ["darts", "darts2", "tmics", "gdas", "pcdarts"])
+def test_mixed_edges_sum_in_bf16_under_autocast_and_exactly_as_nni_in_fp32(strategy):
+    from nni.nas.oneshot.pytorch.supermodule.differentiable import DifferentiableMixedCell, DifferentiableMixedLayer
+
+    from nas_restore.precision import resolve_precision
+
+    net, _ = supernet("dag", strategy)
+    cells = [m for m in net.modules() if isinstance(m, DifferentiableMixedCell)]
+    layers = [m for m in net.modules() if isinstance(m, DifferentiableMixedLayer)]
+    assert cells and layers  # the DAG cells and the alignment choice
+    x = torch.rand(1, 3, 3, 16, 16)
+    resample(net)
+    with torch.no_grad():
+        ours = net(x)
+        cell = cells[0]
+        outputs = {}
+        hook = cell.register_forward_hook(lambda m, a, out: outputs.update(dtype=out.dtype))
+        bf16 = resolve_precision("bf16", "cpu")
+        bf16.prepare(net)
+        with bf16.autocast():
+            mixed = net(x).float()
+        hook.remove()
+    assert outputs["dtype"] == torch.bfloat16  # the cell's sum stayed bf16 (NNI's would be fp32)
+    assert (mixed - ours).abs().max() < 0.1 * ours.abs().max() + 0.05  # the same network, in bf16
+    if strategy == "pcdarts":
+        return  # its cells are ours (partial channels), not NNI's: nothing of NNI's to compute alike
+    # without autocast, the cell computes exactly what NNI's own forward computes
+    net = net.float().to(memory_format=torch.contiguous_format)
+    states = [torch.rand(1, 8, 16, 16), torch.rand(1, 8, 16, 16)]
+    with torch.no_grad():  # (the same Gumbel noise for gdas)
+        ours = torch.manual_seed(1) and cell(*states)
+        assert torch.equal(ours, torch.manual_seed(1) and DifferentiableMixedCell.forward(cell, *states))

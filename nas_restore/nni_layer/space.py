@@ -142,7 +142,8 @@ def labelled_alphas(module: Any) -> list[tuple[str, torch.Tensor, list[str]]]:
     """(label, raw alpha, choice names) for every architecture parameter of a one-shot supernet.
 
     DARTS cells keep one alpha per edge (``<cell>/<node>_<input>``) with a trailing "none" slot that
-    NNI's ``export_probs`` drops; it is kept here. Shared labels are reported once.
+    NNI's ``export_probs`` drops; it is kept here. pcdarts's edge-normalisation betas come as
+    ``<cell>/beta_<node>`` over the node's inputs (``input 0``, ...). Shared labels are reported once.
     """
     found: dict[str, tuple[torch.Tensor, list[str]]] = {}
     for sub in module.modules():
@@ -155,6 +156,10 @@ def labelled_alphas(module: Any) -> list[tuple[str, torch.Tensor, list[str]]]:
             names = list(getattr(sub, "op_names", []))
             for label, alpha in alphas.items():
                 found.setdefault(label, (alpha, names + ["none"] if len(names) + 1 == alpha.numel() else names))
+            betas = getattr(sub, "_arch_beta", None)  # pcdarts's edge normalisation: a weight per node input
+            if isinstance(betas, torch.nn.ParameterDict):
+                for label, beta in betas.items():
+                    found.setdefault(label, (beta, [f"input {j}" for j in range(beta.numel())]))
         elif isinstance(alphas, torch.Tensor) and hasattr(sub, "label"):
             names = [str(n) for n in getattr(sub, "names", range(alphas.numel()))]
             found.setdefault(sub.label, (alphas, names))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import replace
 
 import numpy as np
@@ -50,17 +49,6 @@ def test_rain_layer_shape_range_and_determinism():
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
     assert rain_layer(32, 32, replace(STILL, density=0.0), np.random.default_rng(0)).max() == 0.0
-
-
-def test_rain_layer_is_fast():
-    rng = np.random.default_rng(0)
-    rain_layer(128, 128, RAIN_PRESETS["heavy"], rng)
-    times = []
-    for _ in range(10):
-        t0 = time.perf_counter()
-        rain_layer(128, 128, RAIN_PRESETS["heavy"], rng)
-        times.append(time.perf_counter() - t0)
-    assert np.median(times) < 0.03
 
 
 def _shifted_corr(layer: np.ndarray, dy: int, dx: int) -> float:
@@ -163,16 +151,6 @@ def test_dataset_items_shapes_and_determinism():
 def test_dataset_rejects_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         SyntheticRainDataset(length=2, **kwargs)
-
-
-def test_dataset_speed():
-    ds = SyntheticRainDataset(length=60, frames=3, size=64, seed=0, clip_length=7)
-    ds[0]
-    t0 = time.perf_counter()
-    for i in range(60):
-        ds[i]
-    rate = 60 / (time.perf_counter() - t0)
-    assert rate > 50, f"{rate:.0f} items/s"  # ~250 items/s measured on one core; loose for busy CI
 
 
 def test_written_image_folder_loads_back(tmp_path):

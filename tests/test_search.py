@@ -73,3 +73,22 @@ def test_a_one_shot_search_leaves_no_entry_in_nnis_experiment_manifest(search_ru
     manifest = Path(nni_manifest_dir()) / ".experiment"
     known = json.loads(manifest.read_text()) if manifest.is_file() else {}
     assert not set(ids) & set(known)
+
+
+def test_a_rerun_removes_the_manifest_entry_a_killed_one_shot_search_left(tmp_path):
+    """kill -9 skips run_oneshot's clean-up: the next call of that run removes the earlier experiments' entries."""
+    from nni.tools.nnictl.config_utils import Experiments
+
+    from nas_restore.nni_layer.runner import _forget_earlier_experiments, nni_manifest_dir
+
+    (tmp_path / "nni" / "killed01").mkdir(parents=True)
+    (tmp_path / "nni" / "_latest").mkdir()
+    manifest = Experiments(home_dir=nni_manifest_dir())
+    manifest.add_experiment("killed01", 1, 0, "local", None)
+    manifest.add_experiment("other0001", 2, 0, "local", None)   # another run's: not in this run's folder
+    try:
+        _forget_earlier_experiments(tmp_path / "nni", keep="current1")
+        known = Experiments(home_dir=nni_manifest_dir()).get_all_experiments()
+        assert "killed01" not in known and "other0001" in known
+    finally:
+        Experiments(home_dir=nni_manifest_dir()).remove_experiment("other0001")

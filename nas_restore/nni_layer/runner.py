@@ -53,6 +53,7 @@ def run_oneshot(space: ModelSpace, evaluator: Lightning, strategy: Any, work_dir
     experiment = NasExperiment(space, evaluator, strategy)
     experiment.config.experiment_working_directory = str(work_dir)
     experiment.config.log_level = "error"
+    _forget_earlier_experiments(Path(work_dir), keep=experiment.id)  # a killed earlier call skipped its finally
     try:
         experiment.run()
         top = experiment.export_top_models(formatter="dict")
@@ -69,6 +70,19 @@ def run_oneshot(space: ModelSpace, evaluator: Lightning, strategy: Any, work_dir
         raise RuntimeError("NNI returned no architecture: the search did not finish (see the run log)")
     # NNI's keys and values can be its own str/int subclasses (labels): make them plain JSON types
     return json.loads(json.dumps(dict(top[0])))
+
+
+def _forget_earlier_experiments(work_dir: Path, keep: str) -> None:
+    """Remove from NNI's manifest the experiments of earlier calls in this run's NNI folder: one killed with
+    ``kill -9`` never reached the ``finally`` that removes its entry (NNI names each experiment's folder by id)."""
+    if not work_dir.is_dir():
+        return
+    for folder in work_dir.iterdir():
+        if folder.is_dir() and folder.name not in (keep, "_latest"):
+            try:
+                forget_experiment(folder.name)
+            except Exception:  # noqa: BLE001  (a manifest NNI cannot read is not this search's failure)
+                logging.getLogger(__name__).debug("could not remove %s from NNI's manifest", folder.name, exc_info=True)
 
 
 def make_lightning_evaluator(module: NNILightningModule, trainer_kwargs: dict[str, Any],

@@ -8,6 +8,11 @@ engine would otherwise reuse one trainer, see NNI_NOTES 1d), scores validation P
 reports PSNR to NNI, which always maximises. A trial that raises (out of memory, a diverging loss)
 is recorded as failed and the search goes on.
 
+A trial of several epochs keeps ``trial_checkpoints/<architecture digest>/last.ckpt`` after each epoch and
+removes it once its row is written: a trial killed with its search resumes from its last finished epoch when
+the re-run trains that architecture again (:func:`train_and_score`), so a kill loses at most an epoch of each
+trial in flight.
+
 Each trial writes its row to ``trials/<...>.json`` in the run folder (from the search process in
 the sequential engine, from its own process in the training-service engine). As the strategy sees
 each trial end, the search process appends it, with that row, to the run's ledger
@@ -23,10 +28,12 @@ search's own function, so they are the search's datasets (deterministic by seed)
 from __future__ import annotations
 
 import gc
+import hashlib
 import json
 import logging
 import math
 import os
+import shutil
 import threading
 import time
 import uuid
@@ -48,11 +55,13 @@ from nas_restore.nni_layer.runner import (FinishedTrial, nni_trial_id, report_fi
                                          stop_recorded)
 from nas_restore.precision import resolve_precision
 from nas_restore.profiling import count_flops, count_parameters, input_shape, measure_latency
-from nas_restore.run_records import (ANYTIME, JOB_FILE, LEDGER, NNI_DIR, PARETO, PROCESSES, TRIALS, TRIALS_DIR,
+from nas_restore.run_records import (ANYTIME, JOB_FILE, LEDGER, NNI_DIR, PARETO, PROCESSES, TRIAL_CHECKPOINTS_DIR,
+                                     TRIALS, TRIALS_DIR,
                                      RunRecordError, write_pareto, write_trial_anytime, write_trials)
 from nas_restore.seeding import seed_everything
 from nas_restore.threads import threads_per_job
-from nas_restore.training import OptimConfig, RestorationModule, ShareThreads, _quiet_lightning
+from nas_restore.training import (EpochShuffle, OptimConfig, RestorationModule, ShareThreads, _quiet_lightning,
+                                  _weights_only_fit, check_resume_checkpoint)
 from search_spaces import find_space
 
 log = logging.getLogger(__name__)
@@ -257,47 +266,96 @@ def run_trial(model: Any, job_path: str, job_relpath: str | None = None, job_tok
         torch.manual_seed(job.config.seed)  # the same initial weights whichever trial or process builds it
         network = spec.make_network(genotype)
         row.update(measure_cost(network, job))
-        row.update(train_and_score(network, job))
+        checkpoint_dir = trial_checkpoint_dir(job, arch)
+        if job.config.trial_epochs > 1:  # whose checkpoint this is, for a reader of the folder
+            checkpoint_dir.mkdir(parents=True, exist_ok=True)
+            (checkpoint_dir / TRIAL_OWNER).write_text(json.dumps(
+                {"arch": arch, "nni_trial": row["nni_trial"], "started": started}, default=str))
+        row.update(train_and_score(network, job, checkpoint_dir=checkpoint_dir))
         if not math.isfinite(row["val_psnr"]):
             raise FloatingPointError(f"validation PSNR is {row['val_psnr']}")
     except Exception as err:  # noqa: BLE001  (any failure is one failed trial, reported to NNI by the raise)
         row.update(status="failed", error=f"{type(err).__name__}: {err}"[:500])
         log.warning("trial failed (%s): %s", arch, row["error"])
         _write_row(job, row, started)
+        shutil.rmtree(trial_checkpoint_dir(job, arch), ignore_errors=True)
         _release_memory(job)
         raise
     _write_row(job, row, started)
+    shutil.rmtree(trial_checkpoint_dir(job, arch), ignore_errors=True)  # the row holds the trial now
     log.info("trial %s: val PSNR %.2f dB, SSIM %.4f, %d params (%.1f s)", row["genotype_id"], row["val_psnr"],
              row["val_ssim"], row["params"], time.time() - started)
     report_final_metric(row["val_psnr"])
 
 
-def train_and_score(network: torch.nn.Module, job: TrialJob) -> dict[str, float]:
-    """Train ``network`` for ``trial_epochs`` with a fresh trainer; its validation PSNR and SSIM."""
+TRIAL_OWNER = "trial.json"  # in a trial's checkpoint folder: its architecture, NNI trial id and start time
+
+
+def trial_checkpoint_dir(job: TrialJob, arch: dict[str, Any]) -> Path:
+    """Where a trial of ``arch`` keeps its last epoch: named by the architecture, so that the re-run of a killed
+    search finds it when its strategy (replayed from the ledger) samples that architecture again."""
+    digest = hashlib.sha256(arch_key(arch).encode()).hexdigest()[:16]
+    return Path(job.run_dir) / TRIAL_CHECKPOINTS_DIR / digest
+
+
+def train_and_score(network: torch.nn.Module, job: TrialJob, checkpoint_dir: Path | None = None
+                    ) -> dict[str, float]:
+    """Train ``network`` for ``trial_epochs`` with a fresh trainer; its validation PSNR and SSIM, and how many
+    epochs it took from a checkpoint (``epochs_resumed``, kept in the trial's row).
+
+    With ``checkpoint_dir`` and more than one epoch, ``last.ckpt`` there is written after every epoch and a
+    trial that finds one continues from it: Lightning restores the weights, optimiser, schedule and epoch, and
+    every epoch's data is a function of (seed, epoch), so it ends as an uninterrupted trial.
+    """
     import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import ModelCheckpoint
 
     config = job.config
     accelerator, devices = lightning_accelerator(torch.device(job.device))
     precision = resolve_precision(config.precision, job.device)
+    callbacks: list[Any] = [] if job.threads else [ShareThreads(config.num_workers)]
+    keep_epochs = checkpoint_dir is not None and config.trial_epochs > 1
+    if keep_epochs:
+        callbacks.append(ModelCheckpoint(dirpath=checkpoint_dir, filename="last", monitor=None, save_top_k=1,
+                                         every_n_epochs=1, enable_version_counter=False))
     with _quiet_lightning(), warnings.catch_warnings():
         # fit without a validation loop, then validate once: Lightning warns about the first
         warnings.filterwarnings("ignore", message=r".*validation_step.*but have no.*val_dataloader.*")
-        seed_everything(config.seed)  # every trial sees the same data order
-        train_loader = DataLoader(job.train_data, batch_size=config.batch_size, shuffle=True, drop_last=True,
-                                  num_workers=config.num_workers,
-                                  generator=torch.Generator().manual_seed(config.seed))
-        val_loader = DataLoader(job.val_data, batch_size=config.batch_size, num_workers=config.num_workers)
+        seed_everything(config.seed)  # every trial starts from the same generators
         optim = OptimConfig(lr=config.lr, weight_decay=config.weight_decay, min_lr=config.lr * 0.01,
                             cosine_epochs=config.trial_epochs)
         module = RestorationModule(network, loss=config.loss, optim=optim)
+        resume = _usable_checkpoint(checkpoint_dir / "last.ckpt", module) if keep_epochs else None
+        kept = 0 if resume is None else int(torch.load(resume, map_location="cpu", weights_only=True)["epoch"]) + 1
+        if resume is not None:
+            log.info("trial resumes from %s after %d epoch(s)", resume, kept)
+        # every epoch's order and random crops are functions of (seed, epoch): a resumed trial sees the data
+        # an uninterrupted one would
+        train_loader = DataLoader(job.train_data, batch_size=config.batch_size, drop_last=True,
+                                  sampler=EpochShuffle(len(job.train_data), config.seed),
+                                  num_workers=config.num_workers)
+        val_loader = DataLoader(job.val_data, batch_size=config.batch_size, num_workers=config.num_workers)
         trainer = pl.Trainer(max_epochs=config.trial_epochs, accelerator=accelerator, devices=devices,
-                             logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                             logger=False, enable_checkpointing=keep_epochs, enable_progress_bar=False,
                              enable_model_summary=False, num_sanity_val_steps=0, precision=precision.lightning,
-                             gradient_clip_val=1.0, deterministic=False,
-                             callbacks=[] if job.threads else [ShareThreads(config.num_workers)])
-        trainer.fit(module, train_dataloaders=train_loader)
+                             gradient_clip_val=1.0, deterministic=False, callbacks=callbacks)
+        trainer.fit(module, train_dataloaders=train_loader, ckpt_path=resume, **_weights_only_fit(trainer))
         scores = trainer.validate(module, dataloaders=val_loader, verbose=False)[0]
-    return {"val_psnr": float(scores["val_psnr"]), "val_ssim": float(scores["val_ssim"])}
+    return {"val_psnr": float(scores["val_psnr"]), "val_ssim": float(scores["val_ssim"]), "epochs_resumed": kept}
+
+
+def _usable_checkpoint(path: Path, module: torch.nn.Module) -> Path | None:
+    """``path`` if a trial can resume from it; a damaged one (killed while saving) is dropped: it only held
+    part of one trial, which trains from its start instead."""
+    if not path.is_file():
+        return None
+    try:
+        check_resume_checkpoint(path, module)
+    except UserError as err:
+        log.warning("trial checkpoint dropped, the trial starts over: %s", err)
+        path.unlink(missing_ok=True)
+        return None
+    return path
 
 
 def measure_cost(network: torch.nn.Module, job: TrialJob) -> dict[str, float]:

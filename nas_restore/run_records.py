@@ -55,6 +55,7 @@ ANYTIME = "anytime.csv"
 TRIALS = "trials.csv"
 PARETO = "pareto.csv"
 TRIALS_DIR = "trials"
+TRIAL_CHECKPOINTS_DIR = "trial_checkpoints"  # multi-trial: last.ckpt of each trial in training, gone once it ends
 JOB_FILE = "multitrial_job.json"  # plain data for the trial processes (never a pickle), gone when the search ends
 NNI_DIR = "nni"
 LEDGER = "ledger.jsonl"       # multi-trial: one JSON line per finished trial (nas_restore.multitrial.Ledger)
@@ -63,7 +64,7 @@ PROCESSES = "processes.json"  # multi-trial: NNI's processes of the running sear
 # nas_restore.outputs tells a search's folder from a retraining's
 SEARCH_ONLY_FILES = (ALPHAS, DERIVED, GUARD, ANYTIME, TRIALS, PARETO, LOG, JOB_FILE, LEDGER, PROCESSES,
                      SEARCH_CHECKPOINT, SUPERNET)
-SEARCH_ONLY_DIRS = (TRIALS_DIR, NNI_DIR)
+SEARCH_ONLY_DIRS = (TRIALS_DIR, NNI_DIR, TRIAL_CHECKPOINTS_DIR)
 
 ALPHA_COLUMNS = ("step", "epoch", "label", "choice", "weight")
 METRIC_COLUMNS = ("epoch", "train_loss", "val_psnr")  # the columns `render` needs; searches write more

@@ -27,4 +27,11 @@ def seed_everything(seed: int) -> int:
     return seed
 
 
-__all__ = ["seed_everything"]
+def seed_epoch(seed: int, epoch: int) -> None:
+    """Seed torch's generator from ``(seed, epoch)`` as a training epoch starts: whatever draws from it during
+    the epoch (the random crops and flips of image folders, dropout) is then the same in a run resumed at that
+    epoch as in one never stopped (Lightning's checkpoint does not hold the generator's state)."""
+    torch.manual_seed(1_000_003 * int(seed) + 7_919 * int(epoch) + 1)
+
+
+__all__ = ["seed_everything", "seed_epoch"]

@@ -36,7 +36,7 @@ from nas_restore.losses import LossConfig, RestorationLoss, ssim_torch
 from nas_restore.metrics import MAX_PSNR, psnr_torch
 from nas_restore.outputs import RunLock
 from nas_restore.precision import PRECISIONS, Precision, full_precision, resolve_precision
-from nas_restore.seeding import seed_everything
+from nas_restore.seeding import seed_epoch, seed_everything
 from nas_restore.threads import JobSlot, share_threads
 
 log = logging.getLogger(__name__)
@@ -476,7 +476,8 @@ def _write_metrics(rows: list[dict[str, float]], path: Path) -> None:
 
 class EpochShuffle(Sampler[int]):
     """A random order of ``n`` items drawn anew each epoch from ``(seed, epoch)`` only, never from the global
-    RNG: resuming at epoch k replays epoch k's order exactly (the global RNG's state is not in last.ckpt).
+    RNG: resuming at epoch k replays epoch k's order exactly (the global RNG's state is not in last.ckpt), and
+    its random crops too (with ``num_workers`` 0: :meth:`__iter__` seeds torch's generator per epoch).
 
     Under DDP (a torch.distributed group is running) process ``r`` of ``W`` takes items ``r, r+W, r+2W, ...``
     of that one order (the order padded with its own start to a multiple of ``W``, as torch's
@@ -496,6 +497,10 @@ class EpochShuffle(Sampler[int]):
         return torch.randperm(self.n, generator=generator).tolist()
 
     def __iter__(self) -> Iterator[int]:
+        # torch's generator, which the items' random crops and flips draw from, seeded for this epoch as it
+        # starts: here, after the loader's own draw of a worker seed, so that a resumed epoch (whose loader
+        # Lightning starts at another moment) draws as an uninterrupted one does
+        seed_epoch(self.seed, self.epoch)
         rank, world = distributed_shard()
         order = self.order()
         if world == 1 or not order:
@@ -564,8 +569,10 @@ def _retrain_locked(model: nn.Module, train_data: Dataset, val_data: Dataset, co
         pin = device.type == "cuda"
         loader_kwargs = dict(batch_size=config.batch_size, num_workers=config.num_workers, pin_memory=pin,
                              persistent_workers=config.num_workers > 0)
-        # the order of an epoch is a function of (seed, epoch) alone: a run resumed from last.ckpt sees the
-        # batches that an uninterrupted one would (Lightning calls set_epoch before every epoch); under DDP
+        # the order of an epoch and torch's generator, which random crops draw from, are functions of (seed, epoch)
+        # alone (EpochShuffle; Lightning calls its set_epoch before every epoch): a run resumed from last.ckpt
+        # sees the batches that an uninterrupted one would (with num_workers 0; persistent workers keep their
+        # own generators from the first epoch on); under DDP
         # both samplers shard themselves (Lightning's own DistributedSampler is turned off below)
         train_loader = DataLoader(train_data, sampler=EpochShuffle(len(train_data), config.seed), **loader_kwargs)
         val_loader = DataLoader(val_data, sampler=ValidationShard(len(val_data)), **loader_kwargs)
@@ -652,7 +659,7 @@ def check_resume_checkpoint(path: Path, module: nn.Module) -> None:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, TypeError, AttributeError,
-            ImportError) as err:  # truncated, not a torch file, or objects that weights_only refuses to build
+            ImportError, IndexError, KeyError) as err:  # truncated, not a torch file, or objects that weights_only refuses to build
         reason = (str(err).strip().splitlines() or [type(err).__name__])[0].split(". ")[0][:160]
         raise UserError(f"{path} cannot be read as a checkpoint ({type(err).__name__}: {reason}): {fix}") from None
     if not isinstance(checkpoint, dict):

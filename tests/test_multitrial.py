@@ -114,11 +114,11 @@ def test_a_failing_trial_is_recorded_and_the_search_goes_on(tmp_path, monkeypatc
     real = multitrial.train_and_score
     calls = []
 
-    def second_runs_out_of_memory(network, job):
+    def second_runs_out_of_memory(network, job, **kwargs):
         calls.append(1)
         if len(calls) == 2:
             raise torch.OutOfMemoryError("simulated: out of memory")
-        return real(network, job)
+        return real(network, job, **kwargs)
 
     monkeypatch.setattr(multitrial, "train_and_score", second_runs_out_of_memory)
     result = run_search(tiny_config("random", seed=1), tmp_path)
@@ -132,7 +132,7 @@ def test_a_failing_trial_is_recorded_and_the_search_goes_on(tmp_path, monkeypatc
 
 
 def test_no_finished_trial_is_an_error_naming_the_tables(tmp_path, monkeypatch):
-    def always_fails(network, job):
+    def always_fails(network, job, **kwargs):
         raise FloatingPointError("diverged")
 
     monkeypatch.setattr(multitrial, "train_and_score", always_fails)
@@ -159,7 +159,7 @@ class Frozen:
 
 
 def test_a_trial_after_the_deadline_is_skipped_without_training(tmp_path, monkeypatch):
-    monkeypatch.setattr(multitrial, "train_and_score", lambda *a: pytest.fail("trained after the deadline"))
+    monkeypatch.setattr(multitrial, "train_and_score", lambda *a, **k: pytest.fail("trained after the deadline"))
     job_path = multitrial.write_job(tiny_job(tmp_path, deadline_wall=time.time() - 1), tmp_path / "job.json", "t0")
     run_trial(Frozen(), str(job_path), job_token="t0", config_class=SearchConfig)
     rows = [json.loads(p.read_text()) for p in (tmp_path / "trials").glob("*.json")]

@@ -11,13 +11,17 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 from nas_restore import multitrial, run_records
 from nas_restore.config import ConfigError
 from nas_restore.run_records import RunRecordError
+from nas_restore.nni_layer.space import random_architecture
 from nas_restore.search import run_search
-from tests.test_multitrial import TINY_SPACE, tiny_config
+from nas_restore.training import RestorationModule
+from search_spaces import find_space
+from tests.test_multitrial import TINY_SPACE, tiny_config, tiny_job
 
 EVOLUTION = {"population_size": 2, "sample_size": 2, "mutation_prob": 0.5}  # mutations from trial 3 on
 COMPARED = ["trial", "status", "genotype_id", "val_psnr", "val_ssim", "params", "flops", "arch"]
@@ -45,9 +49,9 @@ def count_training(monkeypatch):
     calls = []
     real = multitrial.train_and_score
 
-    def counted(network, job):
+    def counted(network, job, **kwargs):
         calls.append(1)
-        return real(network, job)
+        return real(network, job, **kwargs)
 
     monkeypatch.setattr(multitrial, "train_and_score", counted)
     return calls
@@ -213,6 +217,84 @@ def test_a_damaged_ledger_is_an_error_naming_the_file_and_the_fix(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------------
+# a trial of several epochs keeps its last epoch: a killed trial continues from it
+
+
+class _CountingModule(RestorationModule):
+    """Counts the optimiser steps it takes; with ``stop_at`` it fails as that epoch starts (a kill between
+    epochs: the epochs before it are checkpointed, nothing of it is)."""
+
+    steps: list[int] = []
+    stop_at: int | None = None
+
+    def training_step(self, batch, batch_idx):
+        type(self).steps.append(self.current_epoch)
+        return super().training_step(batch, batch_idx)
+
+    def on_train_epoch_start(self):
+        if self.current_epoch == type(self).stop_at:
+            raise RuntimeError("killed between epochs")
+
+
+def _trial_network(job):
+    spec = find_space("tmics")
+    arch = random_architecture(spec.make_space(job.space_config), seed=0)
+    genotype = spec.to_genotype(arch, job.space_config, {})
+    torch.manual_seed(job.config.seed)  # as run_trial builds it
+    return spec.make_network(genotype)
+
+
+def test_a_trial_stopped_between_epochs_continues_from_its_checkpoint_and_scores_as_an_uninterrupted_one(
+        tmp_path, monkeypatch):
+    monkeypatch.setattr(multitrial, "RestorationModule", _CountingModule)
+    config = tiny_config("random", trial_epochs=3)
+    whole_job = tiny_job(tmp_path / "whole", config=config)
+    _CountingModule.steps, _CountingModule.stop_at = [], None
+    whole = multitrial.train_and_score(_trial_network(whole_job), whole_job, checkpoint_dir=tmp_path / "w-ckpt")
+    whole_steps = list(_CountingModule.steps)
+    assert sorted(set(whole_steps)) == [0, 1, 2]
+
+    job = tiny_job(tmp_path / "killed", config=config)
+    ckpt_dir = tmp_path / "k-ckpt"
+    _CountingModule.steps, _CountingModule.stop_at = [], 2
+    with pytest.raises(RuntimeError, match="killed between epochs"):
+        multitrial.train_and_score(_trial_network(job), job, checkpoint_dir=ckpt_dir)
+    assert torch.load(ckpt_dir / "last.ckpt", weights_only=True)["epoch"] == 1  # epochs 0 and 1 were kept
+
+    _CountingModule.steps, _CountingModule.stop_at = [], None
+    resumed = multitrial.train_and_score(_trial_network(job), job, checkpoint_dir=ckpt_dir)
+    assert set(_CountingModule.steps) == {2}  # only the missing epoch trained
+    assert len(_CountingModule.steps) == whole_steps.count(2)
+    assert (whole["epochs_resumed"], resumed["epochs_resumed"]) == (0, 2)
+    for score in ("val_psnr", "val_ssim"):  # same weights, optimiser, schedule and data order: the same scores
+        assert resumed[score] == whole[score]
+
+
+def test_a_damaged_trial_checkpoint_is_dropped_and_the_trial_starts_over(tmp_path, monkeypatch):
+    monkeypatch.setattr(multitrial, "RestorationModule", _CountingModule)
+    job = tiny_job(tmp_path, config=tiny_config("random", trial_epochs=2))
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "last.ckpt").write_bytes(b"torn by a kill")
+    _CountingModule.steps, _CountingModule.stop_at = [], None
+    scores = multitrial.train_and_score(_trial_network(job), job, checkpoint_dir=tmp_path / "ckpt")
+    assert sorted(set(_CountingModule.steps)) == [0, 1] and scores["val_psnr"] > 0
+
+
+def test_a_search_removes_each_trial_checkpoint_once_the_trial_row_is_written(tmp_path, monkeypatch):
+    real, kept = multitrial.train_and_score, []
+
+    def watched(network, job, checkpoint_dir=None):
+        scores = real(network, job, checkpoint_dir=checkpoint_dir)
+        kept.append((checkpoint_dir / "last.ckpt").is_file())
+        return scores
+
+    monkeypatch.setattr(multitrial, "train_and_score", watched)
+    run_search(tiny_config("random", max_trials=2, trial_epochs=2), tmp_path)
+    assert kept == [True, True]  # each trial kept its last epoch while it ran ...
+    assert not any((tmp_path / run_records.TRIAL_CHECKPOINTS_DIR).glob("*/last.ckpt"))  # ... and none is left
+
+
+# --------------------------------------------------------------------------------------------------
 # kill -9 of `nas-restore search` (sequential engine), in a process of its own
 
 # the child: `nas-restore search` as a user runs it, SIGKILLing its own process at a chosen point of a chosen
@@ -232,11 +314,11 @@ CHILD = textwrap.dedent("""
     if phase == "training":
         real_train = multitrial.train_and_score
 
-        def train(network, job):
+        def train(network, job, **kwargs):
             if seen[0] == kill_at:
                 kill()
             seen[0] += 1
-            return real_train(network, job)
+            return real_train(network, job, **kwargs)
 
         multitrial.train_and_score = train
     else:

@@ -1,4 +1,5 @@
-"""A retraining killed with kill -9 and re-run ends with the weights and metrics of one never killed."""
+"""A retraining killed with kill -9 and re-run ends with the weights and metrics of one never killed: on synthetic
+data and on an image folder, whose random crops and flips draw from torch's generator (seeded per epoch)."""
 
 import json
 import os
@@ -7,10 +8,12 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 import yaml
+from skimage import io
 
 from search_spaces import find_space
 
@@ -48,15 +51,28 @@ def _retrain(tmp_path: Path, out: Path, kill_at: int | None = None) -> subproces
                           text=True, timeout=600)
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def _write_pairs(folder: Path, count: int = 6, size: int = 24) -> Path:
+    rng = np.random.default_rng(0)
+    for kind in ("input", "target"):
+        (folder / kind).mkdir(parents=True)
+    for k in range(count):
+        clean = rng.integers(0, 200, (size, size, 3), dtype=np.uint8)
+        io.imsave(folder / "target" / f"{k}.png", clean, check_contrast=False)
+        io.imsave(folder / "input" / f"{k}.png", clean + 40, check_contrast=False)
+    return folder
+
+
+@pytest.fixture(scope="module", params=["synthetic", "folder"])
+def runs(tmp_path_factory, request):
     tmp_path = tmp_path_factory.mktemp("resume")
     rescnn = find_space("rescnn")
     rescnn.to_genotype({}, rescnn.config(channels=4, blocks=1, frames=1), {"name": "tiny"}).save(
         tmp_path / "genotype.json")
+    data = {"train_items": 8, "val_items": 4, "patch_size": 16}
+    if request.param == "folder":  # 24-px pairs cut to random 16-px crops, flipped at random
+        data = {"folder": str(_write_pairs(tmp_path / "pairs")), "patch_size": 16, "val_fraction": 0.34}
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(
-        {"train": {"epochs": 4, "batch_size": 2, "seed": 3},
-         "data": {"train_items": 8, "val_items": 4, "patch_size": 16}}))
+        {"train": {"epochs": 4, "batch_size": 2, "seed": 3}, "data": data}))
     whole = _retrain(tmp_path, tmp_path / "whole")
     assert whole.returncode == 0, whole.stderr
     killed = _retrain(tmp_path, tmp_path / "killed", kill_at=2)

@@ -354,6 +354,14 @@ def report(results: list[dict[str, Any]], command: str, load: tuple[float, float
             "autograd graph kept, after a first untimed one, and the memory that graph holds (a full step adds "
             "the weight gradients and Adam's two moments, 3 x the weights in float32, and backward's temporaries).")
         lines.append("")
+    lines += ratio_lines(done)
+    over = [f"{r['config']}/{r['strategy']}/{r['precision']}" for r in done
+            if r.get("fraction_of_peak") is not None and r["fraction_of_peak"] > 1]
+    if over:
+        lines += [f"Above 100 % of peak: {', '.join(over)}. The reference peak is one forward 96->96 convolution "
+                  "in the row's precision; a step's FLOPs are mostly backward passes and larger batched shapes, "
+                  "which the CPU's kernels run faster than that reference, so a share above 1 says the reference "
+                  "is not the precision's limit on this machine, not that the count is wrong.", ""]
     lines += [
         "Reading the figures: a DAG cell of 4 nodes has 2 + 3 + 4 + 5 = 14 edges, each running every candidate "
         "op (plus DARTS's zero op) under darts and gdas (soft), 1/k of the channels under pcdarts, one sampled op "
@@ -364,6 +372,26 @@ def report(results: list[dict[str, Any]], command: str, load: tuple[float, float
         "96-channel peak.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def ratio_lines(done: list[dict]) -> list[str]:
+    """Each config's rows against its darts fp32 step (the speed issue's targets are such ratios, measured in
+    one run): how many times faster, and what share of its peak memory."""
+    lines = []
+    for config in dict.fromkeys(r["config"] for r in done):
+        base = next((r for r in done if r["config"] == config and r["strategy"] == "darts"
+                     and r["precision"] == "fp32" and r["mode"] != "forward"), None)
+        if base is None:
+            continue
+        rows = [[r["strategy"], r["precision"], f"{base['median_s'] / r['median_s']:.2f}x",
+                 f"{r['peak_rss_bytes'] / base['peak_rss_bytes']:.2f}"]
+                for r in done if r["config"] == config and r is not base and r["mode"] != "forward"]
+        if rows:
+            lines += [f"Against darts fp32 at the {config} size ({base['median_s']:.2f} s, "
+                      f"{gib(base['peak_rss_bytes'])}):", "",
+                      "| strategy | precision | faster than darts fp32 | peak RSS as a share of darts fp32's |",
+                      "|---|---|---|---|", *("| " + " | ".join(row) + " |" for row in rows), ""]
+    return lines
 
 
 def split_list(text: str) -> list[str]:

@@ -659,7 +659,7 @@ def check_resume_checkpoint(path: Path, module: nn.Module) -> None:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, TypeError, AttributeError,
-            ImportError, IndexError, KeyError) as err:  # truncated, not a torch file, or objects that weights_only refuses to build
+            ImportError, IndexError, KeyError) as err:  # truncated, not a torch file, or refused by weights_only
         reason = (str(err).strip().splitlines() or [type(err).__name__])[0].split(". ")[0][:160]
         raise UserError(f"{path} cannot be read as a checkpoint ({type(err).__name__}: {reason}): {fix}") from None
     if not isinstance(checkpoint, dict):

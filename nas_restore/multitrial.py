@@ -557,6 +557,9 @@ def _read_row(path: Path) -> dict[str, Any] | None:
     return row
 
 
+ROW_GRACE_S = 30.0  # how long an end reported without a metric waits for the trial's row
+
+
 class _Session:
     """One start of a multi-trial search over its ledger: records trial ends, answers replays, and
     knows which ledger trials make up this run's table."""
@@ -627,10 +630,22 @@ class _Session:
         self.used.append(self.ledger.append(record))
 
     def on_end(self, index: int, after: int, sample: Any, status: str, metric: float | None) -> None:
-        """A live trial ended: record it with its own row."""
+        """A live trial ended: record it with its own row.
+
+        NNI's training-service engine can report a trial's end without its metric, and before the trial has
+        written its row (seen under load, right after a resumed run stopped an earlier run's processes): the
+        row that follows within :data:`ROW_GRACE_S` is then taken, and its PSNR with it."""
         with self._lock:
             arch = decode_choices(dict(sample or {}), self.multiples)
             row_file, row = self._own_row(arch_key(arch))
+            deadline = time.monotonic() + ROW_GRACE_S
+            while row is None and metric is None and status == "trained" and time.monotonic() < deadline:
+                time.sleep(0.25)
+                row_file, row = self._own_row(arch_key(arch))
+            if metric is None and row is not None and row.get("status") == "ok":
+                log.warning("NNI reported the end of trial %s without its metric; taken from the trial's row",
+                            row.get("nni_trial") or index)
+                metric = row.get("val_psnr")
             self._record(index, after, sample, arch, status, metric, row_file, row)
 
     def on_replay(self, trial: FinishedTrial, index: int, after: int, sample: Any) -> None:

@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -403,3 +405,27 @@ def test_kill_nine_at_five_points_resumes_to_the_same_search(uninterrupted, kill
     _same_as_uninterrupted(uninterrupted, out)
     kept = sum(1 for line in _trial_lines(out) if line["session"] == 1)
     assert kept == kill_at  # every trial recorded before the kill was kept (and, above, none trained twice)
+
+
+def test_an_end_reported_without_its_metric_takes_the_row_the_trial_writes_just_after(tmp_path, monkeypatch):
+    """NNI's training-service engine can report a trial's end before the trial wrote its row, without a metric."""
+    monkeypatch.setattr(multitrial, "ROW_GRACE_S", 10.0)
+    ledger = multitrial.Ledger.create(tmp_path / run_records.LEDGER, {"seed": 0})
+    trials = tmp_path / run_records.TRIALS_DIR
+    trials.mkdir()
+    started = time.time()
+    session = multitrial._Session(ledger, trials, {}, started, 0.0, 1)
+    arch = {"dna/op_2_0": "skip_connect"}
+
+    def write_row_late():
+        time.sleep(0.5)
+        row = {"status": "ok", "arch": arch, "val_psnr": 27.5, "val_ssim": 0.9, "nni_trial": "abcde",
+               "started": started, "ended": time.time(), "seconds": 0.5}
+        (trials / "late.json").write_text(json.dumps(row))
+
+    writer = threading.Thread(target=write_row_late)
+    writer.start()
+    session.on_end(0, 0, arch, "trained", None)
+    writer.join()
+    line = _trial_lines(tmp_path)[0]
+    assert line["metric"] == 27.5 and line["row_file"] == "late.json" and line["row"]["val_psnr"] == 27.5

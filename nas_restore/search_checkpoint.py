@@ -58,7 +58,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from nas_restore.config import ConfigError, refuse_changed_settings
 from nas_restore.errors import UserError
 from nas_restore.outputs import is_secondary_rank
-from nas_restore.training import EpochShuffle
+from nas_restore.training import EpochShuffle, plain_data
 
 log = logging.getLogger(__name__)
 
@@ -161,23 +161,6 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
 # reading a checkpoint
 
 
-def _plain(value: Any) -> Any:
-    """Plain data that ``torch.load(weights_only=True)`` accepts and ``==`` compares: NNI's labels (a ``str``
-    subclass), numpy scalars and tuples become str, numbers and lists; tensors stay; anything else its str."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    if value is None or isinstance(value, torch.Tensor):
-        return value
-    for kind in (bool, int, float, str):
-        if isinstance(value, kind):
-            return kind(value)
-    return str(value)
-
-
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(value, dict):  # an empty one adds no name: {} -> {"k": 1} reads "name.k ('unset' -> 1)"
         out: dict[str, Any] = {}
@@ -192,8 +175,8 @@ def changed_settings(previous: Mapping[str, Any], current: Mapping[str, Any]) ->
 
     Only settings that both have are compared: one that only the current version has is new in the code (its
     default keeps the old behaviour), one that only the checkpoint has was dropped from it."""
-    previous = {k: v for k, v in _plain(previous).items() if k not in NOT_COMPARED}
-    current = {k: v for k, v in _plain(current).items() if k not in NOT_COMPARED}
+    previous = {k: v for k, v in plain_data(previous).items() if k not in NOT_COMPARED}
+    current = {k: v for k, v in plain_data(current).items() if k not in NOT_COMPARED}
     both = set(previous) & set(current)
     if set(previous) ^ set(current):
         log.debug("settings only one side knows (not compared): %s", sorted(set(previous) ^ set(current)))
@@ -278,7 +261,7 @@ class SearchCheckpoint(pl.callbacks.Checkpoint):
         super().__init__()
         self.path = Path(path)
         self.tmp = self.path.with_name(self.path.name + ".tmp")
-        self.settings = _plain(settings)
+        self.settings = plain_data(settings)
         self.parts = {name: part for name, part in parts.items() if hasattr(part, "resume_state")}
         self.started = time.perf_counter() if started is None else started
         self._signal: int | None = None
@@ -375,7 +358,7 @@ class SearchCheckpoint(pl.callbacks.Checkpoint):
             "seconds": round(time.perf_counter() - self.started, 3),
             "rng": rng_state(),
             "optimizer_parameters": self._param_names,
-            "parts": {name: _plain(part.resume_state()) for name, part in self.parts.items()},
+            "parts": {name: plain_data(part.resume_state()) for name, part in self.parts.items()},
         }
         trainer.save_checkpoint(self.tmp)  # every process takes part; only the first writes the file
         if trainer.is_global_zero:
@@ -389,7 +372,7 @@ class SearchCheckpoint(pl.callbacks.Checkpoint):
         that a re-run of the same command reuses it. A no-op when nothing changed."""
         if self._saved_parts is None or not self.path.exists() or is_secondary_rank():
             return
-        parts = {name: _plain(part.resume_state()) for name, part in self.parts.items()}
+        parts = {name: plain_data(part.resume_state()) for name, part in self.parts.items()}
         if parts == self._saved_parts:
             return
         checkpoint = read_checkpoint(self.path)

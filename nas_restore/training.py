@@ -16,12 +16,13 @@ import re
 import subprocess
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
@@ -634,7 +635,7 @@ def _retrain_locked(model: nn.Module, train_data: Dataset, val_data: Dataset, co
     model_path = out_dir / "model.pt"
     save_weights(model, model_path, best_epoch=int(best["epoch"]) if scored else -1,
                  best_val_psnr=float(best["val_psnr"]), best_val_ssim=float(best["val_ssim"]),
-                 config=_plain(asdict(config)), precision=precision.name)
+                 config=plain_data(asdict(config)), precision=precision.name)
     wait_for_ranks(trainer)  # DDP: the processes Lightning started have ended too
     seconds = time.perf_counter() - start
     log.info("retrain: %d epoch(s) in %.1f s (%s), best val_psnr %.3f dB at epoch %s", timer.epochs_run, seconds,
@@ -687,12 +688,19 @@ def _weights_only_fit(trainer: pl.Trainer) -> dict[str, bool]:
     return {"weights_only": True} if "weights_only" in inspect.signature(trainer.fit).parameters else {}
 
 
-def _plain(value: Any) -> Any:
-    """Keep only types that ``torch.load(weights_only=True)`` accepts (for the config stored in model.pt)."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+def plain_data(value: Any) -> Any:
+    """Plain data that ``torch.load(weights_only=True)`` accepts and ``==`` compares (configs in model.pt, a
+    search checkpoint's settings, supernet.pt): NNI's labels (a ``str`` subclass), numpy scalars and tuples
+    become str, numbers and lists; tensors stay; anything else its str."""
+    if isinstance(value, Mapping):
+        return {str(k): plain_data(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if value is None or isinstance(value, (bool, int, float, str)):
+        return [plain_data(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if value is None or isinstance(value, torch.Tensor):
         return value
+    for kind in (bool, int, float, str):
+        if isinstance(value, kind):
+            return kind(value)
     return str(value)

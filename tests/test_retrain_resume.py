@@ -5,7 +5,6 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -16,29 +15,7 @@ import yaml
 from skimage import io
 
 from search_spaces import find_space
-
-# the child: `nas-restore retrain` as a user runs it, with (optionally) a SIGKILL of its own process at the
-# start of a given epoch (after the previous epoch's last.ckpt was written), added from outside the library
-CHILD = textwrap.dedent("""
-    import os, signal, sys
-    import pytorch_lightning as pl
-
-    kill_at = int(os.environ.get("KILL_AT_EPOCH", "-1"))
-
-    class KillNine(pl.Callback):
-        def on_train_epoch_start(self, trainer, module):
-            if trainer.current_epoch == kill_at:
-                os.kill(os.getpid(), signal.SIGKILL)
-
-    original = pl.Trainer.__init__
-
-    def with_kill(self, *args, callbacks=None, **kwargs):
-        original(self, *args, callbacks=[*(callbacks or []), KillNine()], **kwargs)
-
-    pl.Trainer.__init__ = with_kill
-    from nas_restore.cli import main
-    sys.exit(main(sys.argv[1:]))
-""")
+from tests._kill_child import CHILD
 
 
 def _retrain(tmp_path: Path, out: Path, kill_at: int | None = None) -> subprocess.CompletedProcess:

@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pandas as pd
@@ -30,6 +29,7 @@ from nas_restore.retraining import RetrainRunConfig
 from nas_restore.search import SearchResult
 from nas_restore.training import RetrainConfig
 from search_spaces import find_space
+from tests._kill_child import CHILD
 
 
 def _tiny_rescnn() -> Genotype:
@@ -164,29 +164,6 @@ def test_compare_continues_an_interrupted_search_instead_of_starting_it_again(tm
 
 
 # ---------------------------------------------------------------- rank: a real kill -9 of the command
-
-# the child: `nas-restore rank` as a user runs it, killed with SIGKILL at the start of a given retraining epoch
-# (after the previous epoch's last.ckpt was written); the kill is added from outside the library
-CHILD = textwrap.dedent("""
-    import os, signal, sys
-    import pytorch_lightning as pl
-
-    kill_at = int(os.environ.get("KILL_AT_EPOCH", "-1"))
-
-    class KillNine(pl.Callback):
-        def on_train_epoch_start(self, trainer, module):
-            if trainer.current_epoch == kill_at:
-                os.kill(os.getpid(), signal.SIGKILL)
-
-    original = pl.Trainer.__init__
-
-    def with_kill(self, *args, callbacks=None, **kwargs):
-        original(self, *args, callbacks=[*(callbacks or []), KillNine()], **kwargs)
-
-    pl.Trainer.__init__ = with_kill
-    from nas_restore.cli import main
-    sys.exit(main(sys.argv[1:]))
-""")
 
 
 def _rank(tmp_path: Path, out: Path, kill_at: int | None = None) -> subprocess.CompletedProcess:

@@ -41,6 +41,7 @@ from nas_restore.nni_layer.setup import nni  # noqa: F401  (first: NNI's warning
 
 from nas_restore.outputs import is_secondary_rank  # noqa: E402
 from nas_restore.run_records import SUPERNET  # noqa: E402
+from nas_restore.training import plain_data  # noqa: E402
 
 from nni.mutable import Categorical, CategoricalMultiple  # noqa: E402
 from nni.nas.nn.pytorch.cell import preprocess_cell_inputs  # noqa: E402
@@ -85,8 +86,8 @@ def save_supernet(strategy: Any, ctx: Any, path: str | Path | None = None) -> Pa
     state = {key: value.detach().cpu().clone() for key, value in supernet_of(strategy).state_dict().items()}
     record = {
         "format": SUPERNET_FORMAT, "version": SUPERNET_VERSION,
-        "space": str(config.space), "preset": config.preset, "space_config": _plain(ctx.space_config.to_dict()),
-        "strategy": str(config.strategy), "strategy_options": _plain(options),
+        "space": str(config.space), "preset": config.preset, "space_config": plain_data(ctx.space_config.to_dict()),
+        "strategy": str(config.strategy), "strategy_options": plain_data(options),
         "arch_parameters": sorted(k for k in state if _is_arch_key(k)),
         "state_dict": state,
     }
@@ -123,17 +124,6 @@ def weight_parameters(supernet: nn.Module) -> list[tuple[str, nn.Parameter]]:
 
 def _is_arch_key(name: str) -> bool:
     return any(part.startswith(ARCH_PARAMETER_NAMES) for part in name.split("."))
-
-
-def _plain(value: Any) -> Any:
-    """Only what ``torch.load(weights_only=True)`` rebuilds: dicts, lists, str, int, float, bool, None."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    return str(value)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -818,6 +818,9 @@ def cmd_study(args: argparse.Namespace) -> int:
               "steps of searching, trust checks and retraining left (profiles besides)")
         return 0
     result = run_study(config, args.out, command=command_line(), say=lambda m: print(m, flush=True))
+    if result.waiting:
+        print(f"{len(result.ran)} unit(s) worked on in this call; {len(result.waiting)} still in progress elsewhere")
+        return 0
     done = result.results[(result.results["status"] == "done") & (result.results["kind"] != "input")]
     print(f"{len(done)}/{int((result.results['kind'] != 'input').sum())} (entry, seed) row(s) finished "
           f"({len(result.ran)} unit(s) worked on in this call)")

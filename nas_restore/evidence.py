@@ -57,8 +57,8 @@ from nas_restore.run_records import GENOTYPE
 from nas_restore.search import SearchConfig, run_search
 from nas_restore.sources import is_like_macs, load_genotype, random_count, source_label
 from nas_restore.statistics import DifferenceCI, paired_difference_ci, score_matrices, seed_summary, separable
-from nas_restore.study import (DONE, machine_info, machine_section, protocol_section, read_json, regenerate_section,
-                               run_unit)
+from nas_restore.study import (DONE, HELD, machine_info, machine_section, protocol_section, read_json,
+                               regenerate_section, run_unit)
 from search_spaces import find_space
 from search_spaces.reference import reference_names
 from strategies import find_strategy
@@ -752,12 +752,32 @@ def findings(figures: pd.DataFrame, vs_random: DifferenceCI | None, vs_reference
 class StudyResult:
     out: Path
     results: pd.DataFrame          # results.csv: one row per (entry, seed), and the input's
-    summary_path: Path
+    summary_path: Path | None      # None while other processes still hold units (``waiting``)
     searches: list[dict[str, Any]]
     trust: list[dict[str, Any]]
     profiles: list[dict[str, Any]]
     findings: list[str]
     ran: list[str]                 # the units run in this call (searches/..., trust/..., rank/..., profile/...)
+    waiting: list[str] = field(default_factory=list)   # units in progress in other processes: this call stopped
+
+
+def _held(rows: Any) -> list[str]:
+    """The units of ``rows`` (records, or a results table) that another live process is working on."""
+    records = rows.to_dict("records") if isinstance(rows, pd.DataFrame) else rows
+    return [str(r.get("unit") or r.get("search") or r.get("entry")) for r in records if r.get("status") == HELD]
+
+
+def _stop_for_others(out: Path, waiting: list[str], ran: list[str], say: Callable[[str], None],
+                     searches: list[dict[str, Any]], trust: list[dict[str, Any]] | None = None,
+                     results: pd.DataFrame | None = None) -> StudyResult:
+    """The next stage needs units that other processes hold: stop here (their runs, or a re-run after them,
+    go on from there); profiles are never timed while another worker trains."""
+    say(f"{len(waiting)} unit(s) in progress in other processes ({', '.join(waiting[:4])}"
+        f"{', ...' if len(waiting) > 4 else ''}): the next stage waits for them. This call stops; the process "
+        "that finishes last goes on, or run the command again when they are done.")
+    return StudyResult(out=out, results=results if results is not None else pd.DataFrame(columns=["entry", "kind",
+                       "status"]), summary_path=None, searches=searches, trust=trust or [], profiles=[], findings=[],
+                       ran=ran, waiting=waiting)
 
 
 def prepare(config: StudyConfig, out_dir: str | Path) -> Path:
@@ -778,11 +798,18 @@ def run_study(config: StudyConfig, out_dir: str | Path, command: str | None = No
     made = run_synth(config, out, say)
     searches, ran = run_searches(config, out, say)
     ran = made + ran
+    if _held(searches):
+        return _stop_for_others(out, _held(searches), ran, say, searches)
     trust, ran_trust = run_trust_checks(config, out, searches, say)
+    if _held(trust):
+        return _stop_for_others(out, _held(trust), ran + ran_trust, say, searches, trust)
     like = like_genotype(config, out, searches)
     rank_config = dataclasses.replace(config.rank, like=str(like) if like is not None else None)
     items = rank_items(config, out, searches)
     ranked = run_rank(items, rank_config, out / "rank", command=command, say=say)
+    if _held(ranked.results):
+        return _stop_for_others(out, _held(ranked.results), ran + ran_trust + [f"rank/{u}" for u in ranked.ran],
+                                say, searches, trust, ranked.results)
     profiles, ran_profile = run_profiles(config, out, ranked.results, say)
     precisions = [p.name for p in resolve_precisions(config.profile.precisions, resolve_device(config.device))]
     results = study_table(ranked.results, out / "rank", searched_labels(out, searches), profiles, precisions)

@@ -6,6 +6,9 @@ unit leaves a small JSON record written atomically (``done.json``; a failed one 
 skips the finished units and retries the failed ones. Inside a unit, a retraining continues from its
 ``last.ckpt`` (and a continual stage from its ``stage.ckpt``), so an interrupted unit loses at most an
 epoch (some steps), and its record gives the whole run's epochs and seconds (:func:`retrain_totals`).
+A unit being worked on holds ``claim.json`` (pid, host, process start), so a second process started on the
+same folder takes the next free unit instead of the same one: on a 2-core CPU, two one-thread workers finish
+small retrainings sooner than one two-thread worker. A claim whose process has ended is taken over.
 The settings a study was made with are kept
 beside its units, and a re-run with settings that would make the old units incomparable is refused,
 naming the fields that changed.
@@ -27,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import socket
+
 import torch
 
 from nas_restore import config as cfg
@@ -35,6 +40,8 @@ from nas_restore.evaluation import evaluate_folder
 
 DONE = "done.json"
 FAILED = "failed.json"
+CLAIM = "claim.json"
+HELD = "running"          # the status of a unit another live process is working on
 ERROR_LOG = "error.log"
 TEST_DIR = Path("data") / "test"
 TEST_RECORD = Path("data") / "test.json"
@@ -99,10 +106,65 @@ def run_unit(folder: Path, heading: str, announce: str, work: Callable[[], dict[
         say(f"{heading}: finished earlier, skipped")
         return done, False
     folder.mkdir(parents=True, exist_ok=True)
-    if start is not None:
-        start()
-    say(announce)
-    return record_outcome(folder, work, failed_row, describe, say, failed_note), True
+    holder = claim_unit(folder)
+    if holder is not None:
+        where = f"process {holder.get('pid')} on {holder.get('host')}"
+        say(f"{heading}: in progress in {where}, skipped")
+        return {**failed_row, "status": HELD, "error": f"in progress in {where}"}, False
+    try:
+        done = read_json(folder / DONE)  # finished by another process between the first look and the claim
+        if done is not None:
+            say(f"{heading}: finished earlier, skipped")
+            return done, False
+        if start is not None:
+            start()
+        say(announce)
+        return record_outcome(folder, work, failed_row, describe, say, failed_note), True
+    finally:
+        release_unit(folder)
+
+
+def _claim_record() -> dict[str, Any]:
+    from nas_restore.threads import process_started
+
+    return {"pid": os.getpid(), "host": socket.gethostname(), "started": process_started(os.getpid())}
+
+
+def claim_unit(folder: Path) -> dict[str, Any] | None:
+    """Claim ``folder`` for this process (``claim.json``, created exclusively); None when it is ours now,
+    else the claim of the live process that holds it. A claim of an ended process on this host (killed,
+    say) is taken over; a claim from another host is honoured: delete ``claim.json`` if that run is gone."""
+    from nas_restore.threads import process_alive
+
+    path = folder / CLAIM
+    mine = _claim_record()
+    for _ in range(3):
+        try:
+            descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            holder = read_json(path)
+            if not isinstance(holder, dict):  # torn while its writer was killed: stale
+                path.unlink(missing_ok=True)
+                continue
+            same_host = holder.get("host") == mine["host"]
+            if same_host and holder.get("pid") == mine["pid"]:
+                return None
+            if same_host and not process_alive(int(holder.get("pid") or 0), holder.get("started")):
+                path.unlink(missing_ok=True)
+                continue
+            return holder
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(json.dumps(mine) + "\n")
+        return None
+    return read_json(path) or {"pid": None, "host": "unknown"}
+
+
+def release_unit(folder: Path) -> None:
+    """Drop this process's claim on ``folder`` (left alone when another process holds it)."""
+    path = folder / CLAIM
+    holder = read_json(path)
+    if isinstance(holder, dict) and holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
+        path.unlink(missing_ok=True)
 
 
 def retrain_totals(metrics_csv: Path, fallback_epochs: int = 0, fallback_seconds: float = 0.0) -> dict[str, float]:
@@ -247,7 +309,8 @@ def regenerate_section(command: str | None, fallback: str, resume_note: str) -> 
     return ["## Regenerate", "", f"    {command or fallback}", "", resume_note, ""]
 
 
-__all__ = ["DONE", "FAILED", "ERROR_LOG", "write_json", "read_json", "record_outcome", "run_unit", "retrain_totals",
+__all__ = ["DONE", "FAILED", "CLAIM", "HELD", "ERROR_LOG", "claim_unit", "release_unit", "write_json", "read_json",
+           "record_outcome", "run_unit", "retrain_totals",
            "check_single_process", "changed_fields", "refuse_changed_settings", "HeldOutConfig", "write_test_clips",
            "held_out_test", "cpu_model", "machine_info", "machine_line", "protocol_section", "machine_section",
            "regenerate_section"]

@@ -50,7 +50,7 @@ from nas_restore.run_records import CONFIG, GENOTYPE, SUPERNET, TRIALS
 from nas_restore.search import SearchConfig
 from nas_restore.sources import load_genotype, random_genotypes_where
 from nas_restore.statistics import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES, CorrelationCI, rank_correlation_ci
-from nas_restore.study import read_json, refuse_changed_settings, run_unit, write_json
+from nas_restore.study import HELD, read_json, refuse_changed_settings, run_unit, write_json
 from nas_restore.training import RetrainConfig, retrain
 from search_spaces import space_of
 from strategies import find_strategy
@@ -384,7 +384,7 @@ def _run_trust(run: OneShotRun, config: TrustConfig, out: Path, say: Callable[[s
             describe=lambda r: f"standalone PSNR {r['standalone_psnr']:.2f} dB",
             say=say, start=lambda sample=sample, folder=folder: sample.genotype.save(folder / GENOTYPE))
         row["standalone_psnr"] = float(done.get("standalone_psnr", math.nan))
-        row["status"] = "failed" if "error" in done else "done"
+        row["status"] = HELD if done.get("status") == HELD else "failed" if "error" in done else "done"
         row["error"] = done.get("error", "")
         (failed if row["status"] == "failed" else trained if ran else skipped).append(sample.genotype_id)
 

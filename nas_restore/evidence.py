@@ -58,7 +58,7 @@ from nas_restore.search import SearchConfig, run_search
 from nas_restore.sources import is_like_macs, load_genotype, random_count, source_label
 from nas_restore.statistics import DifferenceCI, paired_difference_ci, score_matrices, seed_summary, separable
 from nas_restore.study import (DONE, HELD, machine_info, machine_section, protocol_section, read_json,
-                               regenerate_section, run_unit)
+                               regenerate_section, run_unit, unit_held)
 from search_spaces import find_space
 from search_spaces.reference import reference_names
 from strategies import find_strategy
@@ -767,6 +767,11 @@ def _held(rows: Any) -> list[str]:
     return [str(r.get("unit") or r.get("search") or r.get("entry")) for r in records if r.get("status") == HELD]
 
 
+def _still_held(stage_folder: Path, units: list[str]) -> list[str]:
+    """Of the units a stage skipped as held, those another process is still working on (the rest finished)."""
+    return [unit for unit in units if unit_held(stage_folder / unit)]
+
+
 def _stop_for_others(out: Path, waiting: list[str], ran: list[str], say: Callable[[str], None],
                      searches: list[dict[str, Any]], trust: list[dict[str, Any]] | None = None,
                      results: pd.DataFrame | None = None) -> StudyResult:
@@ -798,18 +803,26 @@ def run_study(config: StudyConfig, out_dir: str | Path, command: str | None = No
     made = run_synth(config, out, say)
     searches, ran = run_searches(config, out, say)
     ran = made + ran
-    if _held(searches):
-        return _stop_for_others(out, _held(searches), ran, say, searches)
+    if _held(searches):  # skipped while other workers had them: gone on only once they all finished
+        if _still_held(out / "searches", _held(searches)):
+            return _stop_for_others(out, _still_held(out / "searches", _held(searches)), ran, say, searches)
+        searches, _ = run_searches(config, out, say)
     trust, ran_trust = run_trust_checks(config, out, searches, say)
     if _held(trust):
-        return _stop_for_others(out, _held(trust), ran + ran_trust, say, searches, trust)
+        if _still_held(out / "trust", _held(trust)):
+            return _stop_for_others(out, _still_held(out / "trust", _held(trust)), ran + ran_trust, say, searches,
+                                    trust)
+        trust, _ = run_trust_checks(config, out, searches, say)
     like = like_genotype(config, out, searches)
     rank_config = dataclasses.replace(config.rank, like=str(like) if like is not None else None)
     items = rank_items(config, out, searches)
     ranked = run_rank(items, rank_config, out / "rank", command=command, say=say)
+    ran_rank = [f"rank/{u}" for u in ranked.ran]
     if _held(ranked.results):
-        return _stop_for_others(out, _held(ranked.results), ran + ran_trust + [f"rank/{u}" for u in ranked.ran],
-                                say, searches, trust, ranked.results)
+        if _still_held(out / "rank", _held(ranked.results)):
+            return _stop_for_others(out, _still_held(out / "rank", _held(ranked.results)), ran + ran_trust + ran_rank,
+                                    say, searches, trust, ranked.results)
+        ranked = run_rank(items, rank_config, out / "rank", command=command, say=say)  # the tables of all units
     profiles, ran_profile = run_profiles(config, out, ranked.results, say)
     precisions = [p.name for p in resolve_precisions(config.profile.precisions, resolve_device(config.device))]
     results = study_table(ranked.results, out / "rank", searched_labels(out, searches), profiles, precisions)
@@ -825,7 +838,7 @@ def run_study(config: StudyConfig, out_dir: str | Path, command: str | None = No
     found = findings(figures, vs_random, vs_reference, config.target_psnr, search_diagnosis(searches, trust))
     summary = write_summary(config, out, results, searches, trust, profiles, found, ranked, rank_config, per_image,
                             command, load_at_start, precisions)
-    ran += ran_trust + [f"rank/{u}" for u in ranked.ran] + ran_profile
+    ran += ran_trust + ran_rank + ran_profile
     return StudyResult(out=out, results=results, summary_path=summary, searches=searches, trust=trust,
                        profiles=profiles, findings=found, ran=ran)
 

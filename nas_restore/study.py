@@ -143,20 +143,37 @@ def claim_unit(folder: Path) -> dict[str, Any] | None:
             descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
             holder = read_json(path)
-            if not isinstance(holder, dict):  # torn while its writer was killed: stale
-                path.unlink(missing_ok=True)
-                continue
-            same_host = holder.get("host") == mine["host"]
-            if same_host and holder.get("pid") == mine["pid"]:
+            if isinstance(holder, dict) and holder.get("pid") == mine["pid"] and holder.get("host") == mine["host"]:
                 return None
-            if same_host and not process_alive(int(holder.get("pid") or 0), holder.get("started")):
-                path.unlink(missing_ok=True)
-                continue
-            return holder
+            if _live(holder, mine["host"], process_alive):
+                return holder
+            path.unlink(missing_ok=True)  # stale: its process ended, or torn while its writer was killed
+            continue
         with os.fdopen(descriptor, "w") as handle:
             handle.write(json.dumps(mine) + "\n")
         return None
     return read_json(path) or {"pid": None, "host": "unknown"}
+
+
+def _live(holder: Any, host: str, process_alive: Callable[..., bool]) -> bool:
+    """Whether a claim record belongs to a process that may still be working (other hosts: assumed so)."""
+    if not isinstance(holder, dict):
+        return False
+    if holder.get("host") != host:
+        return True
+    return process_alive(int(holder.get("pid") or 0), holder.get("started"))
+
+
+def unit_held(folder: Path) -> bool:
+    """Whether another live process is working on the unit in ``folder`` now (claimed and not finished)."""
+    from nas_restore.threads import process_alive
+
+    if read_json(folder / DONE) is not None:
+        return False
+    holder = read_json(folder / CLAIM)
+    if isinstance(holder, dict) and holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
+        return False
+    return _live(holder, socket.gethostname(), process_alive)
 
 
 def release_unit(folder: Path) -> None:
@@ -309,7 +326,7 @@ def regenerate_section(command: str | None, fallback: str, resume_note: str) -> 
     return ["## Regenerate", "", f"    {command or fallback}", "", resume_note, ""]
 
 
-__all__ = ["DONE", "FAILED", "CLAIM", "HELD", "ERROR_LOG", "claim_unit", "release_unit", "write_json", "read_json",
+__all__ = ["DONE", "FAILED", "CLAIM", "HELD", "ERROR_LOG", "claim_unit", "release_unit", "unit_held", "write_json", "read_json",
            "record_outcome", "run_unit", "retrain_totals",
            "check_single_process", "changed_fields", "refuse_changed_settings", "HeldOutConfig", "write_test_clips",
            "held_out_test", "cpu_model", "machine_info", "machine_line", "protocol_section", "machine_section",

@@ -108,3 +108,28 @@ def test_a_study_stops_before_profiling_while_another_process_retrains_and_the_l
     assert not done.waiting and done.ran[0] == f"rank/{unit}" and (copy_out / "summary.md").is_file()
     table = pd.read_csv(copy_out / "results.csv")
     assert (table["status"] == "done").all() and not (copy_out / "rank" / unit / CLAIM).exists()
+
+
+def test_a_worker_goes_on_when_the_units_it_skipped_finished_meanwhile(study, tmp_path, monkeypatch,
+                                                                      other_process):  # noqa: F811
+    out, settings, first = study
+    copy_out = tmp_path / "report"
+    shutil.copytree(out, copy_out)
+    (copy_out / "summary.md").unlink()
+    unit = str(first.results[first.results["kind"] != "input"]["unit"].iloc[0])
+    record = copy_out / "rank" / unit / "done.json"
+    finished = record.read_text()
+    record.unlink()
+    sleeper, theirs = other_process
+    (copy_out / "rank" / unit / CLAIM).write_text(json.dumps(theirs))
+
+    def say(line: str) -> None:  # the other worker ends its unit while this one works through the rest
+        if "in progress in process" in line:
+            record.write_text(finished)
+            (copy_out / "rank" / unit / CLAIM).unlink()
+
+    monkeypatch.setattr(rank_mod, "run_retrain", lambda *a, **k: pytest.fail("retrained a finished unit"))
+    result = run_study(StudyConfig.from_dict(copy.deepcopy(settings)), copy_out, say=say)
+    assert not result.waiting and (copy_out / "summary.md").is_file()
+    table = pd.read_csv(copy_out / "results.csv")
+    assert (table["status"] == "done").all()

@@ -762,14 +762,14 @@ class StudyResult:
 
 
 def _held(rows: Any) -> list[str]:
-    """The units of ``rows`` (records, or a results table) that another live process is working on."""
+    """The units of ``rows`` (records, or a results table) that a stage skipped: another process had them."""
     records = rows.to_dict("records") if isinstance(rows, pd.DataFrame) else rows
     return [str(r.get("unit") or r.get("search") or r.get("entry")) for r in records if r.get("status") == HELD]
 
 
-def _still_held(stage_folder: Path, units: list[str]) -> list[str]:
-    """Of the units a stage skipped as held, those another process is still working on (the rest finished)."""
-    return [unit for unit in units if unit_held(stage_folder / unit)]
+def _still_held(stage_folder: Path, rows: Any) -> list[str]:
+    """Of the units a stage skipped, those another process is still working on (the rest finished meanwhile)."""
+    return [unit for unit in _held(rows) if unit_held(stage_folder / unit)]
 
 
 def _stop_for_others(out: Path, waiting: list[str], ran: list[str], say: Callable[[str], None],
@@ -803,15 +803,16 @@ def run_study(config: StudyConfig, out_dir: str | Path, command: str | None = No
     made = run_synth(config, out, say)
     searches, ran = run_searches(config, out, say)
     ran = made + ran
-    if _held(searches):  # skipped while other workers had them: gone on only once they all finished
-        if _still_held(out / "searches", _held(searches)):
-            return _stop_for_others(out, _still_held(out / "searches", _held(searches)), ran, say, searches)
+    # a stage whose units other workers had is gone on from only once they all finished (then run again: it
+    # skips every unit and gathers their records)
+    if _held(searches):
+        if waiting := _still_held(out / "searches", searches):
+            return _stop_for_others(out, waiting, ran, say, searches)
         searches, _ = run_searches(config, out, say)
     trust, ran_trust = run_trust_checks(config, out, searches, say)
     if _held(trust):
-        if _still_held(out / "trust", _held(trust)):
-            return _stop_for_others(out, _still_held(out / "trust", _held(trust)), ran + ran_trust, say, searches,
-                                    trust)
+        if waiting := _still_held(out / "trust", trust):
+            return _stop_for_others(out, waiting, ran + ran_trust, say, searches, trust)
         trust, _ = run_trust_checks(config, out, searches, say)
     like = like_genotype(config, out, searches)
     rank_config = dataclasses.replace(config.rank, like=str(like) if like is not None else None)
@@ -819,10 +820,9 @@ def run_study(config: StudyConfig, out_dir: str | Path, command: str | None = No
     ranked = run_rank(items, rank_config, out / "rank", command=command, say=say)
     ran_rank = [f"rank/{u}" for u in ranked.ran]
     if _held(ranked.results):
-        if _still_held(out / "rank", _held(ranked.results)):
-            return _stop_for_others(out, _still_held(out / "rank", _held(ranked.results)), ran + ran_trust + ran_rank,
-                                    say, searches, trust, ranked.results)
-        ranked = run_rank(items, rank_config, out / "rank", command=command, say=say)  # the tables of all units
+        if waiting := _still_held(out / "rank", ranked.results):
+            return _stop_for_others(out, waiting, ran + ran_trust + ran_rank, say, searches, trust, ranked.results)
+        ranked = run_rank(items, rank_config, out / "rank", command=command, say=say)
     profiles, ran_profile = run_profiles(config, out, ranked.results, say)
     precisions = [p.name for p in resolve_precisions(config.profile.precisions, resolve_device(config.device))]
     results = study_table(ranked.results, out / "rank", searched_labels(out, searches), profiles, precisions)

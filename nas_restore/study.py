@@ -24,19 +24,19 @@ import json
 import math
 import os
 import platform
+import socket
 import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import socket
-
 import torch
 
 from nas_restore import config as cfg
 from nas_restore.data.synthetic import write_synthetic_folder
 from nas_restore.evaluation import evaluate_folder
+from nas_restore.threads import process_alive, process_started
 
 DONE = "done.json"
 FAILED = "failed.json"
@@ -125,62 +125,56 @@ def run_unit(folder: Path, heading: str, announce: str, work: Callable[[], dict[
 
 
 def _claim_record() -> dict[str, Any]:
-    from nas_restore.threads import process_started
-
     return {"pid": os.getpid(), "host": socket.gethostname(), "started": process_started(os.getpid())}
+
+
+def _is_mine(holder: Any) -> bool:
+    return isinstance(holder, dict) and holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname()
+
+
+def _live(holder: Any) -> bool:
+    """Whether a claim record belongs to a process that may still be working (other hosts: assumed so)."""
+    if not isinstance(holder, dict):
+        return False
+    if holder.get("host") != socket.gethostname():
+        return True
+    return process_alive(int(holder.get("pid") or 0), holder.get("started"))
 
 
 def claim_unit(folder: Path) -> dict[str, Any] | None:
     """Claim ``folder`` for this process (``claim.json``, created exclusively); None when it is ours now,
     else the claim of the live process that holds it. A claim of an ended process on this host (killed,
     say) is taken over; a claim from another host is honoured: delete ``claim.json`` if that run is gone."""
-    from nas_restore.threads import process_alive
-
     path = folder / CLAIM
-    mine = _claim_record()
     for _ in range(3):
         try:
             descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
             holder = read_json(path)
-            if isinstance(holder, dict) and holder.get("pid") == mine["pid"] and holder.get("host") == mine["host"]:
+            if _is_mine(holder):
                 return None
-            if _live(holder, mine["host"], process_alive):
+            if _live(holder):
                 return holder
             path.unlink(missing_ok=True)  # stale: its process ended, or torn while its writer was killed
             continue
         with os.fdopen(descriptor, "w") as handle:
-            handle.write(json.dumps(mine) + "\n")
+            handle.write(json.dumps(_claim_record()) + "\n")
         return None
     return read_json(path) or {"pid": None, "host": "unknown"}
 
 
-def _live(holder: Any, host: str, process_alive: Callable[..., bool]) -> bool:
-    """Whether a claim record belongs to a process that may still be working (other hosts: assumed so)."""
-    if not isinstance(holder, dict):
-        return False
-    if holder.get("host") != host:
-        return True
-    return process_alive(int(holder.get("pid") or 0), holder.get("started"))
-
-
 def unit_held(folder: Path) -> bool:
     """Whether another live process is working on the unit in ``folder`` now (claimed and not finished)."""
-    from nas_restore.threads import process_alive
-
     if read_json(folder / DONE) is not None:
         return False
     holder = read_json(folder / CLAIM)
-    if isinstance(holder, dict) and holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
-        return False
-    return _live(holder, socket.gethostname(), process_alive)
+    return not _is_mine(holder) and _live(holder)
 
 
 def release_unit(folder: Path) -> None:
     """Drop this process's claim on ``folder`` (left alone when another process holds it)."""
     path = folder / CLAIM
-    holder = read_json(path)
-    if isinstance(holder, dict) and holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
+    if _is_mine(read_json(path)):
         path.unlink(missing_ok=True)
 
 
@@ -326,8 +320,8 @@ def regenerate_section(command: str | None, fallback: str, resume_note: str) -> 
     return ["## Regenerate", "", f"    {command or fallback}", "", resume_note, ""]
 
 
-__all__ = ["DONE", "FAILED", "CLAIM", "HELD", "ERROR_LOG", "claim_unit", "release_unit", "unit_held", "write_json", "read_json",
-           "record_outcome", "run_unit", "retrain_totals",
+__all__ = ["DONE", "FAILED", "CLAIM", "HELD", "ERROR_LOG", "claim_unit", "release_unit", "unit_held", "write_json",
+           "read_json", "record_outcome", "run_unit", "retrain_totals",
            "check_single_process", "changed_fields", "refuse_changed_settings", "HeldOutConfig", "write_test_clips",
            "held_out_test", "cpu_model", "machine_info", "machine_line", "protocol_section", "machine_section",
            "regenerate_section"]
